@@ -1,0 +1,64 @@
+# emotion-engine: every target sets itself up, so `make run` and `make test` work on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= $(abspath ../shared/data)
+export EMOTION_ENGINE_DATA ?= $(DATA_DIR)
+
+.PHONY: help setup system-deps run demo test unit lint typecheck format train evaluate bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+system-deps:  ## Debian packages the engine needs (PortAudio for the microphone)
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libportaudio.so.2'; then \
+	  echo ">> installing libportaudio2 (microphone support)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libportaudio2 >/dev/null \
+	  || echo "!! could not install libportaudio2: microphone ingest will be unavailable"; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the engine with its dev tools
+
+run: $(STAMP)  ## analyse the bundled demo call with the shipped model, cues printed live
+	$(BIN)/emotion-engine demo
+
+test: $(STAMP)  ## lint, type-check and run the test suite
+	$(BIN)/ruff check emotion_engine tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+unit: $(STAMP)  ## tests only
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check emotion_engine tests benchmarks
+	$(BIN)/ruff format --check emotion_engine tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix emotion_engine tests benchmarks
+	$(BIN)/ruff format emotion_engine tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+train: $(STAMP)  ## retrain the shipped model from ../shared/data (seed 0)
+	$(BIN)/emotion-engine train --data $(DATA_DIR) --out models --seed 0
+
+evaluate: $(STAMP)  ## model card numbers: RAVDESS speaker k-fold + leave-one-corpus-out vs eGeMAPS+SVM
+	$(BIN)/emotion-engine evaluate --data $(DATA_DIR) --card models/README.md
+
+bench: $(STAMP)  ## benchmarks (results in benchmarks/results/)
+	$(BIN)/emotion-engine bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

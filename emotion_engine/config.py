@@ -1,0 +1,80 @@
+"""Frozen parameter objects with named module-level defaults.
+
+Everything the data path needs to agree on (model rate, frame and window geometry)
+lives here, so the feature extractor, the training pipeline and the live engine
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODEL_SAMPLE_RATE_HZ = 8000
+"""Every stream is resampled to this rate before framing (telephone band)."""
+
+FRAME_LENGTH = 200
+"""25 ms at 8 kHz."""
+
+HOP_LENGTH = 80
+"""10 ms at 8 kHz: 100 frames per second."""
+
+FRAMES_PER_SECOND = MODEL_SAMPLE_RATE_HZ // HOP_LENGTH
+
+SUPPORTED_INPUT_RATES_HZ: tuple[int, ...] = (
+    8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 96000,
+)
+"""Rates the streaming resampler accepts (every common telephony and studio rate)."""
+
+PARTIES: tuple[str, ...] = ("customer", "agent")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureParams:
+    """Low-level descriptor settings (per 25 ms frame at 8 kHz)."""
+
+    sample_rate_hz: int = MODEL_SAMPLE_RATE_HZ
+    frame_length: int = FRAME_LENGTH
+    hop_length: int = HOP_LENGTH
+    f0_min_hz: float = 60.0
+    f0_max_hz: float = 400.0
+    n_mfcc: int = 13
+
+
+@dataclass(frozen=True, slots=True)
+class WindowParams:
+    """Sliding window over LLD frames from which functionals are computed."""
+
+    window_frames: int = 200  # 2 s
+    hop_frames: int = 50  # 0.5 s
+    min_voiced_frames: int = 20  # 0.2 s of voiced speech, else the window is "no speech"
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorParams:
+    """Spike detector: per-call baseline, smoothing, hysteresis, gating."""
+
+    spike_emotions: tuple[str, ...] = ("angry",)
+    smoothing_windows: int = 3  # moving average over this many speech windows
+    baseline_s: float = 10.0  # first seconds of speech that set the call's own baseline
+    baseline_halflife_s: float = 60.0  # slow running mean after the initial period
+    on_threshold: float = 0.55  # smoothed score (absolute) needed to start a spike
+    on_margin: float = 0.20  # ... and this much above the call's baseline
+    off_threshold: float = 0.40  # spike ends when the smoothed score falls below this
+    min_duration_s: float = 1.0  # shorter spikes are not reported
+    cooldown_s: float = 5.0  # quiet time after a spike ends before the next may start
+    end_state_s: float = 12.0  # last seconds of speech that define the call's end state
+
+
+@dataclass(frozen=True, slots=True)
+class EngineParams:
+    """Everything a call pipeline needs."""
+
+    features: FeatureParams = field(default_factory=FeatureParams)
+    window: WindowParams = field(default_factory=WindowParams)
+    detector: DetectorParams = field(default_factory=DetectorParams)
+
+
+DEFAULT_FEATURE_PARAMS = FeatureParams()
+DEFAULT_WINDOW_PARAMS = WindowParams()
+DEFAULT_DETECTOR_PARAMS = DetectorParams()
+DEFAULT_ENGINE_PARAMS = EngineParams()
