@@ -10,6 +10,7 @@ Tree::
     ├── ModelError             the ONNX model or its manifest cannot be used
     │   └── ManifestMismatchError  manifest and model disagree (sha256, shapes, labels)
     ├── DatasetError           training data missing or malformed
+    ├── EventError             a score stream or event that breaks the event contract
     └── ProtocolError          a malformed packet or message from an ingest peer
 
 Each message names the bad value, so a one-line log says what happened.
@@ -48,6 +49,10 @@ class ManifestMismatchError(ModelError):
 
 class DatasetError(EngineError):
     """Training or evaluation data is missing or malformed."""
+
+
+class EventError(EngineError, ValueError):
+    """Scores out of time order, for another leg or missing a label; a malformed event."""
 
 
 class ProtocolError(EngineError, ValueError):

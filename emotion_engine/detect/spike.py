@@ -1,0 +1,316 @@
+"""Emotion spike detection for one party of one call: baseline, smoothing, hysteresis.
+
+For each emotion in ``params.spike_emotions`` (default: angry) the detector follows
+``score = P(emotion)`` over *speech* windows only (one every ``params.hop_s``); a
+window with ``is_speech=False`` moves neither the smoothing, nor the baseline, nor
+the spike state -- it can only end a spike after ``silence_end_s`` without speech.
+
+Rules, per emotion (all scores are probabilities 0..1, all times seconds of call audio):
+
+- smoothed score: mean of the raw score over the last ``smoothing_windows`` speech windows.
+- baseline: the call's own level. During the first ``baseline_s`` seconds of speech
+  (outside spikes) it is the plain mean of the raw score; from then on an exponential
+  running mean with half-life ``baseline_halflife_s``. It is updated only while idle
+  (not in a spike, a candidate or a cool-down), so anger does not raise its own bar
+  and a naturally tense speaker is not "angry" all call.
+- start rule: ``smoothed >= on_threshold`` and ``smoothed - baseline >= on_margin``.
+  Until the baseline is established (``baseline_s`` of speech), a conservative
+  absolute rule is used instead: ``smoothed >= early_on_threshold``.
+- a window meeting the start rule opens a *candidate* at ``onset`` (its ``t``). The
+  candidate is confirmed -- and the ``start`` event emitted, with ``t = onset`` and
+  ``detected_at`` = the confirming window's ``t`` -- at the first speech window with
+  ``t - onset >= min_duration_s`` whose smoothed score is still ``>= off_threshold``.
+  A candidate that falls below ``off_threshold`` earlier is dropped silently: spikes
+  shorter than ``min_duration_s`` are never reported. Detection delay is
+  ``detected_at - t`` (about ``min_duration_s``).
+- end rule (hysteresis): the spike ends at the first speech window whose smoothed
+  score is ``< off_threshold`` (``reason="score_fell"``, ``t`` = that window), or when
+  no speech has been heard for ``silence_end_s`` (``reason="silence"``, ``t`` = the
+  last speech window), or at :meth:`SpikeDetector.finish` (``reason="call_end"``).
+- cool-down: no new candidate for ``cooldown_s`` after a spike's end.
+
+Use: ``events = detector.update(scores)`` per window, ``detector.finish(t=...)`` at
+hang-up, ``reset()`` for a new call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from emotion_engine.config import DEFAULT_DETECTOR_PARAMS, DetectorParams
+from emotion_engine.errors import ConfigError, EventError
+from emotion_engine.frames import EmotionScores
+from emotion_engine.publish.events import Event, spike
+
+
+class SpikeState(StrEnum):
+    """Per-emotion detector state."""
+
+    IDLE = "idle"
+    CANDIDATE = "candidate"  # start rule met, not yet confirmed (min duration)
+    ACTIVE = "active"
+    COOLDOWN = "cooldown"
+
+
+@dataclass(frozen=True, slots=True)
+class TrackSnapshot:
+    """What the detector currently knows about one emotion (for emotion.update)."""
+
+    state: SpikeState
+    score: float | None  # smoothed score, None before the first speech window
+    baseline: float  # 0.0 before any baseline sample
+    baseline_ready: bool
+
+
+def validate_detector_params(params: DetectorParams) -> None:
+    """Raise ConfigError for detector settings that cannot work together."""
+    for name in ("on_threshold", "on_margin", "off_threshold", "early_on_threshold"):
+        value = getattr(params, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"DetectorParams.{name}={value!r} must lie in [0, 1]")
+    if params.off_threshold > params.on_threshold:
+        raise ConfigError(
+            f"DetectorParams.off_threshold={params.off_threshold!r} must not exceed "
+            f"on_threshold={params.on_threshold!r} (hysteresis)"
+        )
+    if params.off_threshold > params.early_on_threshold:
+        raise ConfigError(
+            f"DetectorParams.off_threshold={params.off_threshold!r} must not exceed "
+            f"early_on_threshold={params.early_on_threshold!r}"
+        )
+    if params.smoothing_windows < 1:
+        raise ConfigError(
+            f"DetectorParams.smoothing_windows={params.smoothing_windows!r} must be >= 1"
+        )
+    if not params.hop_s > 0:
+        raise ConfigError(f"DetectorParams.hop_s={params.hop_s!r} must be > 0 seconds")
+    if not params.baseline_halflife_s > 0:
+        raise ConfigError(
+            f"DetectorParams.baseline_halflife_s={params.baseline_halflife_s!r} must be > 0"
+        )
+    for name in ("baseline_s", "min_duration_s", "cooldown_s", "end_state_s", "silence_end_s"):
+        value = getattr(params, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"DetectorParams.{name}={value!r} must be finite and >= 0 s")
+    if not params.spike_emotions:
+        raise ConfigError("DetectorParams.spike_emotions is empty")
+
+
+class _Track:
+    """State of one emotion's detector."""
+
+    def __init__(self, emotion: str, params: DetectorParams) -> None:
+        self.emotion = emotion
+        self.p = params
+        self._alpha = 1.0 - 0.5 ** (params.hop_s / params.baseline_halflife_s)
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = SpikeState.IDLE
+        self.recent: deque[float] = deque(maxlen=self.p.smoothing_windows)
+        self.smoothed: float | None = None
+        self.baseline = 0.0
+        self.n_baseline = 0
+        self.baseline_ready = False
+        self.last_speech_t: float | None = None
+        self.onset_t = 0.0
+        self.onset_baseline = 0.0
+        self.peak = 0.0
+        self.confirm_score = 0.0
+        self.cooldown_until = -math.inf
+
+    def snapshot(self) -> TrackSnapshot:
+        return TrackSnapshot(self.state, self.smoothed, self.baseline, self.baseline_ready)
+
+    def _learn_baseline(self, raw: float) -> None:
+        if not self.baseline_ready:
+            self.n_baseline += 1
+            self.baseline += (raw - self.baseline) / self.n_baseline
+            # the count, not elapsed time, so gaps in speech do not shorten the period
+            self.baseline_ready = self.n_baseline * self.p.hop_s >= self.p.baseline_s - 1e-9
+        else:
+            self.baseline += self._alpha * (raw - self.baseline)
+
+    def _starts(self, smoothed: float) -> bool:
+        if not self.baseline_ready:
+            return smoothed >= self.p.early_on_threshold
+        return (
+            smoothed >= self.p.on_threshold and smoothed - self.baseline >= self.p.on_margin - 1e-12
+        )
+
+    def _event(
+        self,
+        ctx: tuple[str, str],
+        phase: str,
+        t: float,
+        detected_at: float,
+        score: float,
+        reason: str | None = None,
+    ) -> Event:
+        call_id, party = ctx
+        end = phase == "end"
+        return spike(
+            call_id=call_id,
+            party=party,
+            phase=phase,
+            t=t,
+            emotion=self.emotion,
+            score=score,
+            baseline=self.onset_baseline,
+            baseline_ready=self.baseline_ready,
+            detected_at=detected_at,
+            started_at=self.onset_t if end else None,
+            duration_s=t - self.onset_t if end else None,
+            peak_score=self.peak if end else None,
+            reason=reason,
+        )
+
+    def _end(self, ctx: tuple[str, str], t: float, detected_at: float, reason: str) -> Event:
+        assert self.smoothed is not None
+        event = self._event(ctx, "end", t, detected_at, self.smoothed, reason)
+        self.state = SpikeState.COOLDOWN
+        self.cooldown_until = t + self.p.cooldown_s
+        return event
+
+    def step(self, ctx: tuple[str, str], t: float, raw: float | None) -> list[Event]:
+        """One window: ``raw`` is the emotion's probability, None for a non-speech window."""
+        if raw is None:
+            silent_for = math.inf if self.last_speech_t is None else t - self.last_speech_t
+            if silent_for >= self.p.silence_end_s:
+                if self.state is SpikeState.CANDIDATE:
+                    self.state = SpikeState.IDLE
+                elif self.state is SpikeState.ACTIVE:
+                    assert self.last_speech_t is not None
+                    return [self._end(ctx, self.last_speech_t, t, "silence")]
+            return []
+
+        self.recent.append(raw)
+        smoothed = sum(self.recent) / len(self.recent)
+        self.smoothed = smoothed
+        self.last_speech_t = t
+        if self.state is SpikeState.COOLDOWN and t >= self.cooldown_until - 1e-9:
+            self.state = SpikeState.IDLE
+
+        if self.state is SpikeState.IDLE:
+            if self._starts(smoothed):
+                self.state = SpikeState.CANDIDATE
+                self.onset_t = t
+                self.onset_baseline = self.baseline
+                self.peak = smoothed
+                return self._maybe_confirm(ctx, t, smoothed)
+            self._learn_baseline(raw)
+            return []
+        if self.state is SpikeState.CANDIDATE:
+            if smoothed < self.p.off_threshold:
+                self.state = SpikeState.IDLE
+                return []
+            self.peak = max(self.peak, smoothed)
+            return self._maybe_confirm(ctx, t, smoothed)
+        if self.state is SpikeState.ACTIVE:
+            if smoothed < self.p.off_threshold:
+                return [self._end(ctx, t, t, "score_fell")]
+            self.peak = max(self.peak, smoothed)
+        return []
+
+    def _maybe_confirm(self, ctx: tuple[str, str], t: float, smoothed: float) -> list[Event]:
+        if t - self.onset_t >= self.p.min_duration_s - 1e-9:
+            self.state = SpikeState.ACTIVE
+            return [self._event(ctx, "start", self.onset_t, t, smoothed)]
+        return []
+
+    def finish(self, ctx: tuple[str, str], t: float) -> list[Event]:
+        events: list[Event] = []
+        if self.state is SpikeState.CANDIDATE and t - self.onset_t >= self.p.min_duration_s - 1e-9:
+            assert self.smoothed is not None
+            self.state = SpikeState.ACTIVE
+            events.append(self._event(ctx, "start", self.onset_t, t, self.smoothed))
+        if self.state is SpikeState.ACTIVE:
+            events.append(self._end(ctx, max(t, self.onset_t), t, "call_end"))
+        self.state = SpikeState.IDLE
+        return events
+
+
+class SpikeDetector:
+    """Spike start/end events for one party; see the module docstring for the rules.
+
+    ``labels``: the model's labels; every ``params.spike_emotions`` entry must be one.
+    Raises ConfigError for bad params, EventError for scores out of time order, for
+    another call/party than the first seen, or missing a spike emotion.
+    """
+
+    def __init__(
+        self, *, labels: Sequence[str], params: DetectorParams = DEFAULT_DETECTOR_PARAMS
+    ) -> None:
+        validate_detector_params(params)
+        missing = [e for e in params.spike_emotions if e not in labels]
+        if missing:
+            raise ConfigError(
+                f"spike emotions {missing} are not among the model labels {tuple(labels)}"
+            )
+        self.labels = tuple(labels)
+        self.params = params
+        self._tracks = [_Track(e, params) for e in params.spike_emotions]
+        self._ctx: tuple[str, str] | None = None
+        self._last_t = -math.inf
+
+    def reset(self) -> None:
+        """Forget everything: a new call."""
+        for track in self._tracks:
+            track.reset()
+        self._ctx = None
+        self._last_t = -math.inf
+
+    @property
+    def in_spike(self) -> bool:
+        """Whether any emotion is in a confirmed spike."""
+        return any(track.state is SpikeState.ACTIVE for track in self._tracks)
+
+    def snapshot(self) -> dict[str, TrackSnapshot]:
+        """Per spike emotion: state, smoothed score and baseline right now."""
+        return {track.emotion: track.snapshot() for track in self._tracks}
+
+    def update(self, scores: EmotionScores) -> list[Event]:
+        """Feed one window (speech or not); returns the spike events it caused."""
+        ctx = (scores.call_id, scores.party)
+        if self._ctx is None:
+            self._ctx = ctx
+        elif ctx != self._ctx:
+            raise EventError(
+                f"scores for call_id={scores.call_id!r} party={scores.party!r} sent to the "
+                f"detector of call_id={self._ctx[0]!r} party={self._ctx[1]!r}"
+            )
+        if not math.isfinite(scores.t) or scores.t < self._last_t:
+            raise EventError(
+                f"scores out of time order: t={scores.t!r} after t={self._last_t!r} "
+                f"(call_id={scores.call_id!r} party={scores.party!r})"
+            )
+        self._last_t = scores.t
+        events: list[Event] = []
+        for track in self._tracks:
+            raw: float | None = None
+            if scores.is_speech:
+                try:
+                    raw = float(scores.probabilities[track.emotion])
+                except KeyError:
+                    raise EventError(
+                        f"scores at t={scores.t!r} lack the spike emotion {track.emotion!r}; "
+                        f"got {sorted(scores.probabilities)}"
+                    ) from None
+                if not math.isfinite(raw):
+                    raise EventError(f"P({track.emotion})={raw!r} at t={scores.t!r} is not finite")
+            events += track.step(ctx, scores.t, raw)
+        return events
+
+    def finish(self, *, t: float) -> list[Event]:
+        """End of call at ``t``: close any open spike (a candidate that has lasted
+        ``min_duration_s`` is reported as a spike too). Returns start/end events."""
+        if self._ctx is None:
+            return []
+        events: list[Event] = []
+        for track in self._tracks:
+            events += track.finish(self._ctx, max(t, self._last_t))
+        return events

@@ -1,0 +1,212 @@
+"""Window functionals: a fixed-length feature vector from a window of LLD frames.
+
+Statistics of prosody and voice quality are taken over the window's voiced frames
+only (silence and consonants would otherwise dominate them); a few descriptors of
+the speech rhythm and level use every frame. Cross-frame descriptors come from
+consecutive voiced frame pairs (both voiced, periods within :data:`MAX_PERIOD_FACTOR`):
+
+- ``jitter_local``: ``mean |T_i - T_{i-1}| / mean((T_i + T_{i-1}) / 2)`` over pairs,
+  ``T = 1 / F0``. With 10 ms frames this is frame-to-frame period variation, a coarse
+  stand-in for Praat's cycle-to-cycle jitter.
+- ``shimmer_db``: ``mean |20 log10(A_i / A_{i-1})|`` over pairs, ``A`` the frame peak.
+- ``f0_delta_semitone_abs_mean``: mean ``|st_i - st_{i-1}|`` over pairs.
+- ``loudness_delta_std``: std of the frame-to-frame loudness change over all frames.
+
+F0 is taken in semitones re 27.5 Hz (``12 log2(F0 / 27.5)``). Standard deviations are
+population (``ddof=0``); percentiles interpolate linearly between order statistics,
+as ``numpy.percentile``. A window without voiced frames gives 0 for every voiced
+statistic and ``voiced_ratio`` 0: the output is always finite.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from emotion_engine.config import DEFAULT_FEATURE_PARAMS, FeatureParams
+from emotion_engine.errors import AudioError
+from emotion_engine.features.lld import LLD_INDEX, LLD_NAMES, N_MFCC
+
+F0_REFERENCE_HZ = 27.5
+PERCENTILES: tuple[int, ...] = (20, 50, 80)
+MAX_PERIOD_FACTOR = 1.3
+"""Consecutive voiced frames whose periods differ by more (an octave jump, a new
+voice) do not form a pair: Praat's "maximum period factor" for jitter."""
+
+_MEAN_STD_VOICED: tuple[str, ...] = (
+    "hnr_db",
+    "spectral_slope_db_per_khz",
+    "spectral_centroid_hz",
+    "spectral_flatness",
+    "alpha_ratio_db",
+    "hammarberg_db",
+    "zcr",
+    "rms_db",
+    *(f"mfcc{i}" for i in range(1, N_MFCC)),
+)
+
+
+def _names() -> tuple[str, ...]:
+    names: list[str] = []
+    for base in ("f0_semitone", "loudness"):
+        names += [f"{base}_mean", f"{base}_std"]
+        names += [f"{base}_p{p}" for p in PERCENTILES]
+        names.append(f"{base}_p{PERCENTILES[0]}_{PERCENTILES[-1]}_range")
+    for lld in _MEAN_STD_VOICED:
+        names += [f"{lld}_mean", f"{lld}_std"]
+    names += [
+        "jitter_local",
+        "shimmer_db",
+        "f0_delta_semitone_abs_mean",
+        "voiced_ratio",
+        "loudness_all_mean",
+        "rms_db_all_mean",
+        "loudness_delta_std",
+        "voiced_segments_per_s",
+        "voiced_segment_mean_s",
+    ]
+    return tuple(names)
+
+
+FUNCTIONAL_NAMES: tuple[str, ...] = _names()
+"""Order of :func:`compute_functionals`' last axis (the model's input order)."""
+
+_OUT_INDEX = {name: i for i, name in enumerate(FUNCTIONAL_NAMES)}
+
+
+def voiced_ratio(*, lld: NDArray[np.floating]) -> NDArray[np.float32]:
+    """Share of voiced frames: (..., n_frames, n_lld) -> (...,) float32 in 0..1 (0 if no frames)."""
+    x = _check(lld)
+    voiced = x[..., LLD_INDEX["voiced"]] > 0.5
+    voiced &= x[..., LLD_INDEX["f0_hz"]] > 0
+    n = voiced.shape[-1]
+    return np.asarray(voiced.sum(axis=-1) / max(n, 1), dtype=np.float32)
+
+
+def compute_functionals(
+    *,
+    lld: NDArray[np.floating],
+    params: FeatureParams = DEFAULT_FEATURE_PARAMS,
+) -> NDArray[np.float32]:
+    """Functionals of a window of LLD frames.
+
+    ``lld``: (..., n_frames, len(LLD_NAMES)) from :func:`compute_lld`, frames
+    ``params.hop_length`` samples apart. Returns (..., len(FUNCTIONAL_NAMES)) float32,
+    always finite. Next: the model (``EmotionModel.predict``).
+    """
+    x = _check(lld)
+    lead = x.shape[:-2]
+    n_frames = x.shape[-2]
+    n_windows = int(np.prod(lead, dtype=np.int64))
+    out = np.zeros((n_windows, len(FUNCTIONAL_NAMES)), dtype=np.float32)
+    if n_frames == 0 or n_windows == 0:
+        return out.reshape(*lead, len(FUNCTIONAL_NAMES))
+    x = x.reshape(n_windows, n_frames, len(LLD_NAMES)).astype(np.float32, copy=False)
+    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+    voiced = x[:, :, LLD_INDEX["voiced"]] > 0.5
+    f0 = x[:, :, LLD_INDEX["f0_hz"]]
+    voiced &= f0 > 0  # a voiced frame without F0 would give log(0)
+    count = voiced.sum(axis=1)  # (b,)
+    weight = voiced.astype(np.float32)
+    denom = np.maximum(count, 1).astype(np.float32)
+
+    semitone = np.where(voiced, 12.0 * np.log2(np.maximum(f0, 1e-3) / F0_REFERENCE_HZ), 0.0)
+    loudness = x[:, :, LLD_INDEX["loudness"]]
+    for base, values in (("f0_semitone", semitone), ("loudness", loudness)):
+        mean, std = _masked_mean_std(values, weight, denom)
+        out[:, _OUT_INDEX[f"{base}_mean"]] = mean
+        out[:, _OUT_INDEX[f"{base}_std"]] = std
+        pct = _masked_percentiles(values, voiced, count, PERCENTILES)
+        for k, p in enumerate(PERCENTILES):
+            out[:, _OUT_INDEX[f"{base}_p{p}"]] = pct[:, k]
+        out[:, _OUT_INDEX[f"{base}_p{PERCENTILES[0]}_{PERCENTILES[-1]}_range"]] = (
+            pct[:, -1] - pct[:, 0]
+        )
+
+    cols = [LLD_INDEX[name] for name in _MEAN_STD_VOICED]
+    values = x[:, :, cols]  # (b, t, k)
+    mean = np.einsum("btk,bt->bk", values, weight) / denom[:, None]
+    dev = (values - mean[:, None, :]) * weight[:, :, None]
+    std = np.sqrt(np.einsum("btk,btk->bk", dev, dev) / denom[:, None])
+    for k, name in enumerate(_MEAN_STD_VOICED):
+        out[:, _OUT_INDEX[f"{name}_mean"]] = mean[:, k]
+        out[:, _OUT_INDEX[f"{name}_std"]] = std[:, k]
+
+    period = np.where(voiced, 1.0 / np.maximum(f0, 1e-3), 0.0)
+    ratio = np.maximum(period[:, 1:], 1e-12) / np.maximum(period[:, :-1], 1e-12)
+    pair = voiced[:, 1:] & voiced[:, :-1]  # (b, t-1)
+    pair &= (ratio <= MAX_PERIOD_FACTOR) & (ratio >= 1.0 / MAX_PERIOD_FACTOR)
+    n_pairs = pair.sum(axis=1)
+    pair_denom = np.maximum(n_pairs, 1).astype(np.float32)
+    period_diff = np.where(pair, np.abs(period[:, 1:] - period[:, :-1]), 0.0).sum(axis=1)
+    period_mean = np.where(pair, 0.5 * (period[:, 1:] + period[:, :-1]), 0.0).sum(axis=1)
+    out[:, _OUT_INDEX["jitter_local"]] = np.where(
+        n_pairs > 0, period_diff / np.maximum(period_mean, 1e-12), 0.0
+    )
+    peak = np.maximum(x[:, :, LLD_INDEX["peak_amplitude"]], 1e-6)
+    amp_step = np.abs(20.0 * np.log10(peak[:, 1:] / peak[:, :-1]))
+    out[:, _OUT_INDEX["shimmer_db"]] = np.where(pair, amp_step, 0.0).sum(axis=1) / pair_denom
+    st_step = np.abs(semitone[:, 1:] - semitone[:, :-1])
+    out[:, _OUT_INDEX["f0_delta_semitone_abs_mean"]] = (
+        np.where(pair, st_step, 0.0).sum(axis=1) / pair_denom
+    )
+
+    seconds = n_frames * params.hop_length / params.sample_rate_hz
+    onsets = voiced[:, 0].astype(np.int64) + (voiced[:, 1:] & ~voiced[:, :-1]).sum(axis=1)
+    out[:, _OUT_INDEX["voiced_ratio"]] = count / n_frames
+    out[:, _OUT_INDEX["loudness_all_mean"]] = loudness.mean(axis=1)
+    out[:, _OUT_INDEX["rms_db_all_mean"]] = x[:, :, LLD_INDEX["rms_db"]].mean(axis=1)
+    if n_frames > 1:
+        out[:, _OUT_INDEX["loudness_delta_std"]] = np.diff(loudness, axis=1).std(axis=1)
+    out[:, _OUT_INDEX["voiced_segments_per_s"]] = onsets / seconds
+    out[:, _OUT_INDEX["voiced_segment_mean_s"]] = np.where(
+        onsets > 0,
+        count * (params.hop_length / params.sample_rate_hz) / np.maximum(onsets, 1),
+        0.0,
+    )
+    return out.reshape(*lead, len(FUNCTIONAL_NAMES))
+
+
+def _check(lld: NDArray[np.floating]) -> NDArray[np.floating]:
+    x = np.asarray(lld)
+    if x.ndim < 2 or x.shape[-1] != len(LLD_NAMES):
+        raise AudioError(f"lld must have shape (..., n_frames, {len(LLD_NAMES)}), got {x.shape}")
+    return x
+
+
+def _masked_mean_std(
+    values: NDArray[np.floating], weight: NDArray[np.float32], denom: NDArray[np.float32]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Mean and population std over weight==1 entries: (b, t) -> (b,), (b,)."""
+    mean = (values * weight).sum(axis=1) / denom
+    dev = (values - mean[:, None]) * weight
+    return mean.astype(np.float32), np.sqrt((dev * dev).sum(axis=1) / denom).astype(np.float32)
+
+
+def _masked_percentiles(
+    values: NDArray[np.floating],
+    mask: NDArray[np.bool_],
+    count: NDArray[np.integer],
+    percentiles: tuple[int, ...],
+) -> NDArray[np.float32]:
+    """``np.percentile`` (linear) over each row's masked entries: (b, t) -> (b, n_pct).
+
+    Masked-out entries sort to the end as +inf, so the k-th smallest kept value is
+    at index k; rows without kept entries give 0.
+    """
+    ordered = np.sort(np.where(mask, values, np.inf), axis=1)
+    ordered[np.isinf(ordered)] = 0.0  # only ever read for rows without kept entries
+    last = np.maximum(count - 1, 0).astype(np.float64)
+    out = np.zeros((values.shape[0], len(percentiles)), dtype=np.float32)
+    rows = np.arange(values.shape[0])
+    for k, p in enumerate(percentiles):
+        pos = last * (p / 100.0)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+        frac = pos - lo
+        v_lo = ordered[rows, lo]
+        v_hi = ordered[rows, hi]
+        value = v_lo + (v_hi - v_lo) * frac
+        out[:, k] = np.where(count > 0, value, 0.0)
+    return out

@@ -1,0 +1,311 @@
+"""Low-level descriptors (LLDs): one row of numbers per 25 ms frame.
+
+Every descriptor depends on its own frame only, so a stream cut into chunks gives
+exactly the LLDs of the whole signal, and frames of many calls can be stacked into
+one batch. Cross-frame descriptors (jitter, shimmer, deltas) live in
+:mod:`emotion_engine.features.functionals`.
+
+Per frame, after removing the frame's DC offset:
+
+- ``f0_hz``: YIN (de Cheveigné & Kawahara 2002). The squared-difference function
+  comes from one FFT autocorrelation plus running energies; it is divided by the
+  number of overlapping samples ``N - tau`` because a 200-sample frame holds only
+  1.5 periods at 60 Hz and the raw sum would favour long lags (octave-down errors).
+  Then the cumulative mean normalised difference (CMND), the first local minimum
+  under ``yin_threshold`` (else the global minimum), parabolic interpolation.
+  0 when the frame is not voiced.
+- ``voicing``: ``1 - CMND`` at the chosen lag, clipped to 0..1 (periodicity).
+- ``voiced``: 1 when ``voicing >= voicing_threshold`` and ``rms_db >= energy_floor_db``
+  (so digital silence and hiss are never voiced), else 0.
+- ``rms_db``: ``10 log10(mean(x**2))`` in dB re full scale (a full-scale sine is -3 dB),
+  floored at -100 dB.
+- ``loudness``: ``sum_b E_b ** 0.3`` over the mel bands ``E_b`` of the power spectrum,
+  a Stevens/Zwicker-like compression (power ** 0.3 = pressure ** 0.6); +20 dB of
+  level multiplies it by ``10 ** 0.6 ~ 4``.
+- ``hnr_db``: Boersma (1993) ``10 log10(r / (1 - r))`` with ``r`` the normalised
+  cross-correlation of the frame with itself shifted by the F0 lag (parabolic peak),
+  clipped to -20..40 dB.
+- ``spectral_centroid_hz``: magnitude-weighted mean frequency (as librosa).
+- ``spectral_slope_db_per_khz``: least-squares slope of ``10 log10(power)`` against
+  frequency over 31 Hz..4 kHz.
+- ``spectral_flatness``: geometric / arithmetic mean of the power spectrum (as librosa).
+- ``alpha_ratio_db``: energy 1-4 kHz over energy 50 Hz-1 kHz (eGeMAPS style, negative
+  for most speech; the upper band stops at Nyquist).
+- ``hammarberg_db``: strongest bin 0-2 kHz over strongest bin 2-4 kHz.
+- ``zcr``: share of adjacent sample pairs whose sign differs.
+- ``peak_amplitude``: ``max |x|`` of the frame (feeds shimmer).
+- ``mfcc0`` .. ``mfcc12``: DCT-II (orthonormal) of ``10 log10`` mel power, the same
+  numbers ``librosa.feature.mfcc`` gives for these frames (``top_db=None``).
+
+All spectral descriptors share one Hann-windowed ``rfft`` of ``n_fft`` points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
+
+from emotion_engine.config import DEFAULT_FEATURE_PARAMS, FeatureParams
+from emotion_engine.errors import AudioError, ConfigError
+
+N_MFCC = 13
+
+LLD_NAMES: tuple[str, ...] = (
+    "f0_hz",
+    "voicing",
+    "voiced",
+    "rms_db",
+    "loudness",
+    "hnr_db",
+    "spectral_centroid_hz",
+    "spectral_slope_db_per_khz",
+    "spectral_flatness",
+    "alpha_ratio_db",
+    "hammarberg_db",
+    "zcr",
+    "peak_amplitude",
+    *(f"mfcc{i}" for i in range(N_MFCC)),
+)
+"""Column order of :func:`compute_lld`'s last axis."""
+
+LLD_INDEX: dict[str, int] = {name: i for i, name in enumerate(LLD_NAMES)}
+"""Name -> column, for readers of the LLD matrix."""
+
+_RMS_FLOOR_DB = -100.0
+_POWER_FLOOR = 1e-10  # same amin as librosa.power_to_db, so MFCCs match it
+_HNR_MIN_DB = -20.0
+_HNR_MAX_DB = 40.0
+_CHUNK_FRAMES = 2048  # bounds temporaries to a few MB whatever the batch size
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """Everything that depends only on the parameters, computed once."""
+
+    tau_min: int
+    tau_max: int
+    n_fft_acf: int
+    window: NDArray[np.float32]  # (frame_length,)
+    freqs_hz: NDArray[np.float32]  # (n_bins,)
+    mel_fb_t: NDArray[np.float32]  # (n_bins, n_mels)
+    dct_t: NDArray[np.float32]  # (n_mels, n_mfcc)
+    slope_weights: NDArray[np.float32]  # (n_bins,) least-squares slope per kHz
+    alpha_low: NDArray[np.float32]  # (n_bins,) 0/1 band mask
+    alpha_high: NDArray[np.float32]
+    hamm_low: NDArray[np.bool_]
+    hamm_high: NDArray[np.bool_]
+
+
+@lru_cache(maxsize=8)
+def _tables(params: FeatureParams) -> _Tables:
+    import librosa  # heavy import, only needed once for the filterbank
+
+    sr = params.sample_rate_hz
+    n = params.frame_length
+    if params.n_mfcc != N_MFCC:
+        raise ConfigError(f"n_mfcc must be {N_MFCC} (LLD_NAMES is fixed), got {params.n_mfcc}")
+    if params.n_fft < n:
+        raise ConfigError(f"n_fft {params.n_fft} is shorter than frame_length {n}")
+    if not 0 < params.f0_min_hz < params.f0_max_hz < sr / 4:
+        raise ConfigError(
+            f"need 0 < f0_min_hz < f0_max_hz < sample_rate/4, got "
+            f"{params.f0_min_hz}, {params.f0_max_hz} at {sr} Hz"
+        )
+    tau_min = max(2, int(np.floor(sr / params.f0_max_hz)))
+    tau_max = int(np.ceil(sr / params.f0_min_hz))
+    if tau_max + 2 > n // 2 + n // 4:
+        # fewer than ~1.3 periods in the frame: the difference function is noise
+        raise ConfigError(
+            f"f0_min_hz {params.f0_min_hz} needs lag {tau_max}, too long for "
+            f"frame_length {n} (raise f0_min_hz)"
+        )
+    n_fft_acf = 1 << int(np.ceil(np.log2(2 * n - 1)))
+
+    window = _hann(n)
+    freqs = np.fft.rfftfreq(params.n_fft, d=1.0 / sr)
+    mel_fb = librosa.filters.mel(
+        sr=sr, n_fft=params.n_fft, n_mels=params.n_mels, fmin=0.0, fmax=sr / 2.0
+    )
+    # orthonormal DCT-II, as scipy.fft.dct(norm="ortho") and librosa.feature.mfcc
+    m = params.n_mels
+    k = np.arange(N_MFCC)[:, None]
+    j = np.arange(m)[None, :]
+    dct = np.cos(np.pi * k * (2 * j + 1) / (2 * m)) * np.sqrt(2.0 / m)
+    dct[0] /= np.sqrt(2.0)
+
+    fit = freqs > 0
+    f_khz = freqs / 1000.0
+    centred = np.where(fit, f_khz - f_khz[fit].mean(), 0.0)
+    slope_weights = centred / np.sum(centred[fit] ** 2)
+
+    nyq = sr / 2.0
+    return _Tables(
+        tau_min=tau_min,
+        tau_max=tau_max,
+        n_fft_acf=n_fft_acf,
+        window=window.astype(np.float32),
+        freqs_hz=freqs.astype(np.float32),
+        mel_fb_t=np.ascontiguousarray(mel_fb.T, dtype=np.float32),
+        dct_t=np.ascontiguousarray(dct.T, dtype=np.float32),
+        slope_weights=slope_weights.astype(np.float32),
+        alpha_low=((freqs >= 50.0) & (freqs < 1000.0)).astype(np.float32),
+        alpha_high=((freqs >= 1000.0) & (freqs <= min(5000.0, nyq))).astype(np.float32),
+        hamm_low=freqs <= 2000.0,
+        hamm_high=(freqs > 2000.0) & (freqs <= min(5000.0, nyq)),
+    )
+
+
+def _hann(n: int) -> NDArray[np.float64]:
+    """Periodic Hann window (scipy.signal.get_window('hann', n), librosa's default)."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+
+
+def compute_lld(
+    *,
+    frames: NDArray[np.floating],
+    params: FeatureParams = DEFAULT_FEATURE_PARAMS,
+) -> NDArray[np.float32]:
+    """Low-level descriptors of every frame.
+
+    ``frames``: (..., n_frames, frame_length) samples in [-1, 1] at
+    ``params.sample_rate_hz`` (8 kHz: 200-sample frames), e.g. from
+    :func:`emotion_engine.audio.framing.frame_signal`; any leading axes (one per
+    stream) are kept. Returns (..., n_frames, len(LLD_NAMES)) float32, columns in
+    :data:`LLD_NAMES` order, always finite. Next: :func:`compute_functionals` over
+    a window of frames.
+    """
+    x = np.asarray(frames)
+    if x.ndim < 2 or x.shape[-1] != params.frame_length:
+        raise AudioError(
+            f"frames must have shape (..., n_frames, {params.frame_length}), got {x.shape}"
+        )
+    tables = _tables(params)
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, params.frame_length)
+    out = np.empty((flat.shape[0], len(LLD_NAMES)), dtype=np.float32)
+    for start in range(0, flat.shape[0], _CHUNK_FRAMES):
+        stop = min(start + _CHUNK_FRAMES, flat.shape[0])
+        chunk = np.asarray(flat[start:stop], dtype=np.float32)
+        if not np.isfinite(chunk).all():
+            chunk = np.nan_to_num(chunk, nan=0.0, posinf=0.0, neginf=0.0)
+        out[start:stop] = _lld_block(chunk, tables, params)
+    return out.reshape(*lead, len(LLD_NAMES))
+
+
+def _lld_block(
+    x: NDArray[np.float32], tables: _Tables, params: FeatureParams
+) -> NDArray[np.float32]:
+    """LLDs of (n, frame_length) float32 frames -> (n, n_lld)."""
+    n_frames, n = x.shape
+    out = np.empty((n_frames, len(LLD_NAMES)), dtype=np.float32)
+    x = x - x.mean(axis=1, keepdims=True)
+
+    energy = np.einsum("ij,ij->i", x, x)
+    rms_db = 10.0 * np.log10(np.maximum(energy / n, 10.0 ** (_RMS_FLOOR_DB / 10.0)))
+    out[:, LLD_INDEX["rms_db"]] = rms_db
+    out[:, LLD_INDEX["peak_amplitude"]] = np.abs(x).max(axis=1)
+    signs = np.signbit(x)
+    out[:, LLD_INDEX["zcr"]] = np.count_nonzero(signs[:, 1:] != signs[:, :-1], axis=1) / (n - 1)
+
+    f0_hz, voicing, hnr_db = _yin(x, tables, params)
+    voiced = (voicing >= params.voicing_threshold) & (rms_db >= params.energy_floor_db)
+    out[:, LLD_INDEX["f0_hz"]] = np.where(voiced, f0_hz, 0.0)
+    out[:, LLD_INDEX["voicing"]] = voicing
+    out[:, LLD_INDEX["voiced"]] = voiced
+    out[:, LLD_INDEX["hnr_db"]] = hnr_db
+
+    spec = np.fft.rfft(x * tables.window, n=params.n_fft, axis=1)
+    power = spec.real**2 + spec.imag**2  # (n, n_bins) float32
+    magnitude = np.sqrt(power)
+    mag_sum = magnitude.sum(axis=1)
+    out[:, LLD_INDEX["spectral_centroid_hz"]] = np.where(
+        mag_sum > 0, (magnitude @ tables.freqs_hz) / np.maximum(mag_sum, 1e-30), 0.0
+    )
+    floored = np.maximum(power, _POWER_FLOOR)
+    log_power = np.log(floored)
+    out[:, LLD_INDEX["spectral_flatness"]] = np.exp(log_power.mean(axis=1)) / floored.mean(axis=1)
+    # 10 log10(P) = (10 / ln 10) ln(P): reuse the natural log already taken
+    out[:, LLD_INDEX["spectral_slope_db_per_khz"]] = (log_power @ tables.slope_weights) * (
+        10.0 / np.log(10.0)
+    )
+    low = floored @ tables.alpha_low
+    high = floored @ tables.alpha_high
+    out[:, LLD_INDEX["alpha_ratio_db"]] = 10.0 * np.log10(high / low)
+    out[:, LLD_INDEX["hammarberg_db"]] = 10.0 * np.log10(
+        floored[:, tables.hamm_low].max(axis=1) / floored[:, tables.hamm_high].max(axis=1)
+    )
+
+    mel = power @ tables.mel_fb_t  # (n, n_mels)
+    out[:, LLD_INDEX["loudness"]] = (mel**0.3).sum(axis=1)
+    log_mel = 10.0 * np.log10(np.maximum(mel, _POWER_FLOOR))
+    first = LLD_INDEX["mfcc0"]
+    out[:, first : first + N_MFCC] = log_mel @ tables.dct_t
+    return out
+
+
+def _yin(
+    x: NDArray[np.float32], tables: _Tables, params: FeatureParams
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    """YIN F0 (Hz), voicing (0..1) and HNR (dB) of (n, frame_length) DC-free frames."""
+    n_frames, n = x.shape
+    tau_min, tau_max = tables.tau_min, tables.tau_max
+    n_lags = tau_max + 2  # lags 0 .. tau_max + 1, so every candidate has a right neighbour
+    spec = np.fft.rfft(x, n=tables.n_fft_acf, axis=1)
+    acf = np.fft.irfft(spec.real**2 + spec.imag**2, n=tables.n_fft_acf, axis=1)[:, :n_lags]
+
+    # E_head(tau) = sum_{j < n - tau} x_j^2, E_tail(tau) = sum_{j >= tau} x_j^2
+    csum = np.cumsum(x * x, axis=1)
+    total = csum[:, -1:]
+    lags = np.arange(n_lags)
+    e_head = np.concatenate([total, csum[:, n - 1 - lags[1:]]], axis=1)
+    e_tail = np.concatenate([total, total - csum[:, lags[1:] - 1]], axis=1)
+    diff = np.maximum(e_head + e_tail - 2.0 * acf, 0.0) / (n - lags).astype(np.float32)
+
+    running = np.cumsum(diff[:, 1:], axis=1)
+    cmnd = np.ones_like(diff)
+    safe = running > 1e-20 * np.maximum(total, 1e-30)
+    cmnd[:, 1:] = np.where(safe, diff[:, 1:] * lags[1:] / np.where(safe, running, 1.0), 1.0)
+
+    search = cmnd[:, tau_min - 1 : tau_max + 2]  # lags tau_min-1 .. tau_max+1
+    centre = search[:, 1:-1]
+    is_trough = (centre < search[:, :-2]) & (centre <= search[:, 2:])
+    below = is_trough & (centre < params.yin_threshold)
+    has_below = below.any(axis=1)
+    best = np.where(has_below, below.argmax(axis=1), centre.argmin(axis=1)) + tau_min
+
+    rows = np.arange(n_frames)
+    left = cmnd[rows, best - 1]
+    mid = cmnd[rows, best]
+    right = cmnd[rows, best + 1]
+    curvature = left - 2.0 * mid + right
+    shift = np.where(
+        curvature > 0, 0.5 * (left - right) / np.where(curvature > 0, curvature, 1.0), 0.0
+    )
+    shift = np.clip(shift, -1.0, 1.0)
+    trough = mid - 0.25 * (left - right) * shift
+    voicing = np.clip(1.0 - trough, 0.0, 1.0)
+    f0_hz = params.sample_rate_hz / (best + shift)
+
+    ncc_all = acf / np.sqrt(np.maximum(e_head * e_tail, 1e-30))
+    n_left = ncc_all[rows, best - 1]
+    n_mid = ncc_all[rows, best]
+    n_right = ncc_all[rows, best + 1]
+    ncc_curv = n_left - 2.0 * n_mid + n_right
+    ncc_shift = np.where(
+        ncc_curv < 0,
+        np.clip(0.5 * (n_left - n_right) / np.where(ncc_curv < 0, ncc_curv, 1.0), -1.0, 1.0),
+        0.0,
+    )
+    r = n_mid - 0.25 * (n_left - n_right) * ncc_shift
+    lo = 10.0 ** (_HNR_MIN_DB / 10.0)
+    hi = 10.0 ** (_HNR_MAX_DB / 10.0)
+    r = np.clip(r, lo / (1.0 + lo), hi / (1.0 + hi))
+    hnr_db = 10.0 * np.log10(r / (1.0 - r))
+    return (
+        f0_hz.astype(np.float32),
+        voicing.astype(np.float32),
+        hnr_db.astype(np.float32),
+    )

@@ -1,0 +1,72 @@
+"""What every sans-I/O ingest protocol core emits.
+
+A protocol core (RTP, Twilio Media Streams, AudioHook, L16 websocket, AudioSocket)
+is a plain object fed with bytes or text from its transport; it returns a list of
+these messages and never does I/O. The asyncio adapter around it sends ``Reply``
+payloads back to the peer, forwards ``LegStarted`` / ``AudioChunk`` / ``LegEnded``
+to the engine, logs ``ProtocolViolation`` and closes the transport on ``Close``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from emotion_engine.frames import AudioChunk
+
+
+@dataclass(frozen=True, slots=True)
+class LegStarted:
+    """A new call leg (one party of one call) begins; audio for it follows."""
+
+    call_id: str
+    party: str
+    sample_rate: int
+    t: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LegEnded:
+    """A call leg ended (hang-up, stop message, timeout, peer gone, error)."""
+
+    call_id: str
+    party: str
+    reason: str = "hangup"
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    """A DTMF digit seen on the media stream."""
+
+    call_id: str
+    party: str
+    digit: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Something to send back to the peer (text frame, binary frame or raw bytes)."""
+
+    data: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """A malformed or unexpected input. ``fatal`` ones end the session (a ``Close``
+    follows); others are logged and the input is dropped."""
+
+    message: str
+    fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The adapter should close the transport (websocket close code, reason)."""
+
+    code: int = 1000
+    reason: str = ""
+
+
+IngestOutput = AudioChunk | LegStarted | LegEnded | Dtmf | Reply | ProtocolViolation | Close

@@ -1,0 +1,259 @@
+"""A jitter buffer for one RTP stream: reorder, de-duplicate, conceal loss, keep time.
+
+Plain state, no clock and no I/O: :meth:`JitterBuffer.push` takes one decoded packet
+and returns the audio that is now safe to play out, in order, as
+``(timestamp, pcm)`` pairs; :meth:`JitterBuffer.flush` releases the rest when the
+stream ends. The released audio is gap-free: every sample of the timestamp span is
+present, so ``sum(len(pcm))`` always equals the span of the released timestamps and a
+downstream framer can trust that sample *n* is ``n / clock_rate`` seconds in.
+
+How it keeps that promise:
+
+- Packets wait until the buffer holds more than ``depth_packets``; then the oldest
+  (by sequence number) is released. Packets reordered by fewer than ``depth_packets``
+  places therefore come out in order.
+- Sequence numbers (16 bit) and timestamps (32 bit) wrap; both are *extended* to
+  unbounded integers with serial-number arithmetic (RFC 1982) against the newest
+  value seen, so 65535 -> 0 and 2**32 - 160 -> 0 are just the next step.
+- A gap in the timestamps is filled when the audio after it is released. If sequence
+  numbers are missing too, the packets were lost: the gap starts with the last packet
+  repeated at ``plc_gain`` (a simple packet-loss concealment that avoids a hard
+  click), then silence. If no sequence number is missing the sender paused on
+  purpose (DTX, silence suppression): the gap is silence.
+- A packet whose slot was already released is *late* (counted, dropped); one that was
+  already seen is a *duplicate* (counted, dropped).
+- A timestamp jump larger than ``max_gap_s`` in either direction (a sender restart,
+  a broken peer) is not filled: the buffer *resyncs*, so the packet plays right after
+  the previous one and one bogus timestamp never allocates hours of silence. The
+  released timestamps stay continuous (they are the RTP timestamps plus an offset
+  that changes only on a resync).
+
+Released timestamps are extended integers (they keep counting past 2**32);
+``(timestamp - first_timestamp) / clock_rate`` is the position in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from emotion_engine.errors import ConfigError
+
+__all__ = ["JitterBuffer", "JitterStats", "serial_delta"]
+
+SEQ_MODULUS: Final = 1 << 16
+TS_MODULUS: Final = 1 << 32
+# RFC 3550 appendix A.1: a jump of more than MAX_DROPOUT sequence numbers is a restart,
+# not a burst of loss, so it is not counted as lost.
+MAX_DROPOUT: Final = 3000
+# How far back released sequence numbers are remembered to tell a duplicate from a
+# late packet; older stragglers are simply called late.
+_HISTORY: Final = 1024
+
+
+def serial_delta(a: int, b: int, *, modulus: int) -> int:
+    """Signed distance ``a - b`` of two wrapping counters (RFC 1982 serial numbers).
+
+    The result lies in ``[-modulus/2, modulus/2)``: ``serial_delta(0, 65535,
+    modulus=65536) == 1``.
+    """
+    half = modulus >> 1
+    return ((a - b + half) % modulus) - half
+
+
+@dataclass(slots=True)
+class JitterStats:
+    """Counters of one stream. ``lost`` counts packets never received in time and
+    concealed; ``late`` those that came after their slot was played out."""
+
+    received: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+    lost: int = 0
+    late: int = 0
+    concealed_samples: int = 0
+    silence_samples: int = 0
+    resyncs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    ext_seq: int
+    ext_ts: int
+    pcm: NDArray[np.int16]
+
+
+class JitterBuffer:
+    """Reorder and de-jitter one RTP stream of decoded int16 audio.
+
+    ``depth_packets``: packets held back before the oldest is released (latency is
+    about ``depth_packets`` x packet duration). ``clock_rate``: RTP timestamp units per
+    second (8000 for G.711). ``plc_gain``: level of the repeated packet that starts a
+    concealed gap. ``max_gap_s``: longest timestamp gap that is filled; larger jumps
+    resync (see module docstring).
+    """
+
+    def __init__(
+        self,
+        *,
+        depth_packets: int = 3,
+        clock_rate: int = 8000,
+        plc_gain: float = 0.5,
+        max_gap_s: float = 5.0,
+    ) -> None:
+        if depth_packets < 0:
+            raise ConfigError(f"depth_packets must be >= 0, got {depth_packets}")
+        if clock_rate <= 0:
+            raise ConfigError(f"clock_rate must be > 0, got {clock_rate}")
+        if not 0.0 <= plc_gain <= 1.0:
+            raise ConfigError(f"plc_gain must be in [0, 1], got {plc_gain}")
+        if max_gap_s <= 0:
+            raise ConfigError(f"max_gap_s must be > 0, got {max_gap_s}")
+        self.depth_packets = depth_packets
+        self.clock_rate = clock_rate
+        self.plc_gain = plc_gain
+        self.max_gap_samples = round(max_gap_s * clock_rate)
+        self.stats = JitterStats()
+        self._pending: dict[int, _Pending] = {}
+        self._max_ext_seq: int | None = None
+        self._ref_ext_ts: int | None = None  # extended ts of the newest packet, for unwrapping
+        self._last_released_seq: int | None = None
+        self._released_recent: set[int] = set()
+        self._ts_shift = 0  # released ts = extended RTP ts + shift; changes only on resync
+        self._next_ts: int | None = None  # released timeline position just after the last sample
+        self._first_ts: int | None = None
+        self._last_pcm: NDArray[np.int16] = np.zeros(0, dtype=np.int16)
+
+    @property
+    def first_timestamp(self) -> int | None:
+        """Released timestamp of the first sample ever released (None before that)."""
+        return self._first_ts
+
+    @property
+    def next_timestamp(self) -> int | None:
+        """Released timestamp just after the last released sample (None before that)."""
+        return self._next_ts
+
+    @property
+    def pending(self) -> int:
+        """Packets held in the buffer."""
+        return len(self._pending)
+
+    def extend_timestamp(self, timestamp: int) -> int:
+        """Map a raw 32-bit RTP timestamp onto the released timeline (unwrap + shift),
+        e.g. to place an RFC 4733 DTMF event. Does not change any state."""
+        if self._ref_ext_ts is None:
+            return timestamp
+        ext = self._ref_ext_ts + serial_delta(timestamp, self._ref_ext_ts, modulus=TS_MODULUS)
+        return ext + self._ts_shift
+
+    def push(
+        self, seq: int, timestamp: int, payload_pcm: NDArray[np.int16]
+    ) -> list[tuple[int, NDArray[np.int16]]]:
+        """Add one packet; return the audio now released, oldest first.
+
+        ``seq``: 16-bit RTP sequence number. ``timestamp``: 32-bit RTP timestamp of
+        the first sample. ``payload_pcm``: (n_samples,) int16. Returns a list of
+        ``(timestamp, pcm)`` with contiguous extended timestamps; concealment and
+        silence come as their own entries. An empty ``payload_pcm`` is a placeholder
+        that only occupies its sequence number (comfort noise, DTMF events).
+        """
+        self.stats.received += 1
+        pcm = np.asarray(payload_pcm, dtype=np.int16).reshape(-1)
+        if self._max_ext_seq is None or self._ref_ext_ts is None:
+            ext_seq, ext_ts = seq, timestamp
+        else:
+            ext_seq = self._max_ext_seq + serial_delta(seq, self._max_ext_seq, modulus=SEQ_MODULUS)
+            ext_ts = self._ref_ext_ts + serial_delta(
+                timestamp, self._ref_ext_ts, modulus=TS_MODULUS
+            )
+
+        if self._last_released_seq is not None and ext_seq <= self._last_released_seq:
+            if ext_seq in self._released_recent:
+                self.stats.duplicates += 1
+            else:
+                self.stats.late += 1
+                # A second copy of the same late packet is a duplicate, not late again.
+                self._released_recent.add(ext_seq)
+            return []
+        if ext_seq in self._pending:
+            self.stats.duplicates += 1
+            return []
+        if self._max_ext_seq is not None and ext_seq < self._max_ext_seq:
+            self.stats.reordered += 1
+        else:
+            self._max_ext_seq = ext_seq
+            self._ref_ext_ts = ext_ts
+        self._pending[ext_seq] = _Pending(ext_seq, ext_ts, pcm)
+
+        out: list[tuple[int, NDArray[np.int16]]] = []
+        while len(self._pending) > self.depth_packets:
+            self._release_oldest(out)
+        return out
+
+    def flush(self) -> list[tuple[int, NDArray[np.int16]]]:
+        """Release every held packet in order (end of stream, or a timeout)."""
+        out: list[tuple[int, NDArray[np.int16]]] = []
+        while self._pending:
+            self._release_oldest(out)
+        return out
+
+    def _release_oldest(self, out: list[tuple[int, NDArray[np.int16]]]) -> None:
+        packet = self._pending.pop(min(self._pending))
+        missing = 0
+        if self._last_released_seq is not None:
+            missing = packet.ext_seq - self._last_released_seq - 1
+            if missing > MAX_DROPOUT:
+                missing = 0  # a restart of the sequence, not loss
+        self.stats.lost += missing
+        self._remember_released(packet.ext_seq)
+        pcm = packet.pcm
+        if pcm.size == 0:
+            # A placeholder (comfort noise, DTMF event, unsupported codec) holds its
+            # sequence number so it is not counted lost; its time is filled as silence
+            # when the next audio comes.
+            return
+
+        ts = packet.ext_ts + self._ts_shift
+        if self._next_ts is None:
+            self._first_ts = self._next_ts = ts
+        gap = ts - self._next_ts
+        if gap > self.max_gap_samples or gap < -self.max_gap_samples:
+            self._ts_shift -= gap
+            self.stats.resyncs += 1
+            ts, gap = self._next_ts, 0
+        if gap > 0:
+            out.append((self._next_ts, self._fill(gap, concealing=missing > 0)))
+        elif gap < 0:
+            # Overlaps audio already played: keep only the part that is new.
+            pcm = pcm[-gap:]
+            ts = self._next_ts
+            if pcm.size == 0:
+                self.stats.late += 1
+                return
+        out.append((ts, pcm))
+        self._next_ts = ts + pcm.size
+        if pcm.size:
+            self._last_pcm = pcm
+
+    def _fill(self, n_samples: int, *, concealing: bool) -> NDArray[np.int16]:
+        fill = np.zeros(n_samples, dtype=np.int16)
+        if concealing and self._last_pcm.size:
+            n_repeat = min(n_samples, self._last_pcm.size)
+            repeated = np.round(self._last_pcm[:n_repeat].astype(np.float32) * self.plc_gain)
+            fill[:n_repeat] = repeated.astype(np.int16)
+            self.stats.concealed_samples += n_repeat
+            self.stats.silence_samples += n_samples - n_repeat
+        else:
+            self.stats.silence_samples += n_samples
+        return fill
+
+    def _remember_released(self, ext_seq: int) -> None:
+        self._last_released_seq = ext_seq
+        self._released_recent.add(ext_seq)
+        if len(self._released_recent) > 2 * _HISTORY:
+            floor = ext_seq - _HISTORY
+            self._released_recent = {s for s in self._released_recent if s > floor}

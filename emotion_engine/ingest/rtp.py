@@ -1,0 +1,455 @@
+"""RTP over UDP (RFC 3550): packet codec and the sans-I/O core for one UDP port.
+
+:class:`RtpPacket` parses and serialises one datagram. :class:`RtpIngest` turns the
+datagrams arriving on one port into call legs: one leg per (source address, SSRC),
+each with its own :class:`~emotion_engine.ingest.jitter.JitterBuffer`, G.711 decoded
+to int16 at 8 kHz. Feed it with :meth:`RtpIngest.receive_datagram` and call
+:meth:`RtpIngest.poll` now and then (e.g. every 0.5 s) so silent legs time out; it
+never reads a clock itself, the caller passes ``now``.
+
+What comes out (see :mod:`emotion_engine.ingest.base`): ``LegStarted`` on a leg's
+first packet, ``AudioChunk`` as the jitter buffer releases audio (``t`` is the leg's
+position from RTP timestamps, first released sample = 0, so loss and pauses keep the
+timeline true), ``Dtmf`` for RFC 4733 telephone events, ``LegEnded(reason="timeout")``
+after ``leg_timeout_s`` of network silence, and ``ProtocolViolation`` for every
+datagram that cannot be used (it is dropped; nothing here raises on peer input).
+RTCP multiplexed on the RTP port (RFC 5761: second byte 192-223) is ignored.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from emotion_engine.errors import ConfigError, ProtocolError
+from emotion_engine.frames import AudioChunk
+from emotion_engine.ingest.base import (
+    Dtmf,
+    IngestOutput,
+    LegEnded,
+    LegStarted,
+    ProtocolViolation,
+)
+from emotion_engine.ingest.jitter import JitterBuffer, JitterStats
+
+__all__ = [
+    "PAYLOAD_CODECS",
+    "RtpExtension",
+    "RtpIngest",
+    "RtpPacket",
+    "decode_payload",
+    "is_rtcp",
+]
+
+RTP_VERSION: Final = 2
+HEADER_SIZE: Final = 12
+CLOCK_RATE: Final = 8000
+PT_PCMU: Final = 0
+PT_PCMA: Final = 8
+PT_CN: Final = 13  # RFC 3389 comfort noise: a pause, not audio we can analyse
+PAYLOAD_CODECS: Final[dict[int, str]] = {PT_PCMU: "PCMU", PT_PCMA: "PCMA"}
+# RFC 4733 event codes 0-15 are the DTMF keys.
+_DTMF_DIGITS: Final = "0123456789*#ABCD"
+_HEADER: Final = struct.Struct("!BBHII")
+_EXT_HEADER: Final = struct.Struct("!HH")
+
+Address = tuple[Any, ...]  # (host, port) or asyncio's IPv6 (host, port, flow, scope)
+
+
+@dataclass(frozen=True, slots=True)
+class RtpExtension:
+    """RFC 3550 header extension: 16-bit profile id and data (a multiple of 4 bytes)."""
+
+    profile: int
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RtpPacket:
+    """One RTP packet. ``padding`` is the number of padding bytes (0 = none, else
+    1-255, the last one holding the count); ``payload`` excludes the padding."""
+
+    payload_type: int
+    sequence: int
+    timestamp: int
+    ssrc: int
+    payload: bytes = b""
+    marker: bool = False
+    csrc: tuple[int, ...] = ()
+    extension: RtpExtension | None = None
+    padding: int = 0
+    version: int = RTP_VERSION
+
+    @classmethod
+    def parse(cls, data: bytes) -> RtpPacket:
+        """Parse one datagram; raise :class:`ProtocolError` naming what is wrong."""
+        size = len(data)
+        if size < HEADER_SIZE:
+            raise ProtocolError(f"RTP packet too short: {size} bytes, header needs {HEADER_SIZE}")
+        b0, b1, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
+        version = b0 >> 6
+        if version != RTP_VERSION:
+            raise ProtocolError(f"RTP version {version} is not 2 (first byte 0x{b0:02x})")
+        cc = b0 & 0x0F
+        pos = HEADER_SIZE + 4 * cc
+        if pos > size:
+            raise ProtocolError(f"RTP CSRC count {cc} needs {pos} bytes but the packet has {size}")
+        csrc = struct.unpack_from(f"!{cc}I", data, HEADER_SIZE)
+        extension = None
+        if b0 & 0x10:
+            if pos + _EXT_HEADER.size > size:
+                raise ProtocolError(
+                    f"RTP extension header at byte {pos} runs past the packet end ({size} bytes)"
+                )
+            profile, n_words = _EXT_HEADER.unpack_from(data, pos)
+            ext_end = pos + _EXT_HEADER.size + 4 * n_words
+            if ext_end > size:
+                raise ProtocolError(
+                    f"RTP extension length {n_words} words needs {ext_end} bytes "
+                    f"but the packet has {size}"
+                )
+            extension = RtpExtension(profile, bytes(data[pos + _EXT_HEADER.size : ext_end]))
+            pos = ext_end
+        end = size
+        padding = 0
+        if b0 & 0x20:
+            padding = data[-1] if size > pos else 0
+            if padding == 0 or padding > size - pos:
+                raise ProtocolError(
+                    f"RTP padding length {padding} invalid: {size - pos} bytes follow the header"
+                )
+            end -= padding
+        return cls(
+            payload_type=b1 & 0x7F,
+            sequence=sequence,
+            timestamp=timestamp,
+            ssrc=ssrc,
+            payload=bytes(data[pos:end]),
+            marker=bool(b1 & 0x80),
+            csrc=tuple(csrc),
+            extension=extension,
+            padding=padding,
+            version=version,
+        )
+
+    def serialize(self) -> bytes:
+        """Wire bytes of this packet (padding bytes are zero but the last)."""
+        _check_range("version", self.version, 3)
+        _check_range("payload_type", self.payload_type, 0x7F)
+        _check_range("sequence", self.sequence, 0xFFFF)
+        _check_range("timestamp", self.timestamp, 0xFFFFFFFF)
+        _check_range("ssrc", self.ssrc, 0xFFFFFFFF)
+        _check_range("padding", self.padding, 0xFF)
+        if len(self.csrc) > 15:
+            raise ProtocolError(f"RTP allows at most 15 CSRCs, got {len(self.csrc)}")
+        for value in self.csrc:
+            _check_range("csrc", value, 0xFFFFFFFF)
+        b0 = (self.version << 6) | len(self.csrc)
+        if self.padding:
+            b0 |= 0x20
+        if self.extension is not None:
+            b0 |= 0x10
+        b1 = (0x80 if self.marker else 0) | self.payload_type
+        parts = [
+            _HEADER.pack(b0, b1, self.sequence, self.timestamp, self.ssrc),
+            struct.pack(f"!{len(self.csrc)}I", *self.csrc),
+        ]
+        if self.extension is not None:
+            ext = self.extension
+            _check_range("extension profile", ext.profile, 0xFFFF)
+            if len(ext.data) % 4:
+                raise ProtocolError(
+                    f"RTP extension data must be a multiple of 4 bytes, got {len(ext.data)}"
+                )
+            parts.append(_EXT_HEADER.pack(ext.profile, len(ext.data) // 4) + ext.data)
+        parts.append(self.payload)
+        if self.padding:
+            parts.append(bytes(self.padding - 1) + bytes([self.padding]))
+        return b"".join(parts)
+
+    def __repr__(self) -> str:
+        codec = PAYLOAD_CODECS.get(self.payload_type, "?")
+        extras = ""
+        if self.marker:
+            extras += ", marker"
+        if self.csrc:
+            extras += ", csrc=[" + ", ".join(f"0x{c:08x}" for c in self.csrc) + "]"
+        if self.extension is not None:
+            extras += (
+                f", ext=(profile=0x{self.extension.profile:04x}, {len(self.extension.data)} bytes)"
+            )
+        if self.padding:
+            extras += f", padding={self.padding}"
+        return (
+            f"RtpPacket(pt={self.payload_type} {codec}, seq={self.sequence}, "
+            f"ts={self.timestamp}, ssrc=0x{self.ssrc:08x}, payload={len(self.payload)} bytes"
+            f"{extras})"
+        )
+
+
+def _check_range(name: str, value: int, maximum: int) -> None:
+    if not 0 <= value <= maximum:
+        raise ProtocolError(f"RTP {name} {value} out of range 0..{maximum}")
+
+
+def is_rtcp(data: bytes) -> bool:
+    """True for an RTCP packet multiplexed on the RTP port (RFC 5761 section 4: the
+    second byte, RTCP packet type, is in 192-223; RTP payload types 64-95 are unused
+    for that reason)."""
+    return len(data) >= 2 and (data[0] >> 6) == RTP_VERSION and 192 <= data[1] <= 223
+
+
+def decode_payload(packet: RtpPacket) -> NDArray[np.int16]:
+    """G.711 payload -> (n_samples,) int16 at 8 kHz; :class:`ProtocolError` for other
+    payload types."""
+    # Imported here so the packet codec works while the audio package is being built.
+    from emotion_engine.audio.g711 import alaw_decode, ulaw_decode
+
+    codes = np.frombuffer(packet.payload, dtype=np.uint8)
+    if packet.payload_type == PT_PCMU:
+        return ulaw_decode(codes)
+    if packet.payload_type == PT_PCMA:
+        return alaw_decode(codes)
+    raise ProtocolError(f"unsupported payload type {packet.payload_type}")
+
+
+@dataclass(slots=True)
+class _Leg:
+    call_id: str
+    party: str
+    ssrc: int
+    remote: str
+    codec: str
+    jitter: JitterBuffer
+    last_seen: float
+    dtmf_timestamps: set[int] = field(default_factory=set)
+
+
+LegKey = tuple[tuple[str, int], int | None]
+
+
+class RtpIngest:
+    """Sans-I/O core for one UDP port receiving G.711 RTP from any number of peers.
+
+    ``leg_timeout_s``: network silence after which a leg ends (``LegEnded`` with
+    reason ``"timeout"``, emitted by :meth:`poll`). ``jitter_depth_packets``: packets
+    each leg's jitter buffer holds back. ``party``: default party of unnamed legs.
+    ``dtmf_payload_type``: dynamic payload type of RFC 4733 telephone events (usually
+    101 in SDP; None to treat them as unsupported). ``max_legs``: legs alive at once;
+    packets for more are dropped with a violation (a spoofed-SSRC flood must not eat
+    memory).
+    """
+
+    def __init__(
+        self,
+        *,
+        leg_timeout_s: float = 5.0,
+        jitter_depth_packets: int = 3,
+        party: str = "customer",
+        dtmf_payload_type: int | None = 101,
+        max_legs: int = 1000,
+    ) -> None:
+        if leg_timeout_s <= 0:
+            raise ConfigError(f"leg_timeout_s must be > 0, got {leg_timeout_s}")
+        if max_legs < 1:
+            raise ConfigError(f"max_legs must be >= 1, got {max_legs}")
+        self.leg_timeout_s = leg_timeout_s
+        self.jitter_depth_packets = jitter_depth_packets
+        self.party = party
+        self.dtmf_payload_type = dtmf_payload_type
+        self.max_legs = max_legs
+        self.rtcp_ignored = 0
+        self._legs: dict[tuple[tuple[str, int], int], _Leg] = {}
+        self._names: dict[LegKey, tuple[str, str]] = {}
+        self._ended_stats: OrderedDict[str, JitterStats] = OrderedDict()
+        JitterBuffer(depth_packets=jitter_depth_packets)  # validate the depth now
+
+    # -- inputs -------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> list[IngestOutput]:
+        """Handle one UDP datagram from ``addr`` received at ``now`` (seconds, any
+        monotonic clock)."""
+        if is_rtcp(data):
+            self.rtcp_ignored += 1
+            return []
+        try:
+            packet = RtpPacket.parse(data)
+        except ProtocolError as exc:
+            return [ProtocolViolation(f"from {_remote(addr)}: {exc}")]
+        peer = _peer(addr)
+        leg = self._legs.get((peer, packet.ssrc))
+        out: list[IngestOutput] = []
+        is_audio = packet.payload_type in PAYLOAD_CODECS
+        if leg is None:
+            if not is_audio:
+                return [self._unsupported(packet, addr)]
+            if len(self._legs) >= self.max_legs:
+                return [
+                    ProtocolViolation(
+                        f"from {_remote(addr)}: ssrc 0x{packet.ssrc:08x} dropped, "
+                        f"{self.max_legs} legs already open"
+                    )
+                ]
+            leg = self._start_leg(peer, packet, now)
+            out.append(self._leg_started(leg))
+        leg.last_seen = now
+
+        if is_audio:
+            pcm = decode_payload(packet)
+        else:
+            # Keep the sequence number occupied so the jitter buffer does not call it lost.
+            pcm = np.zeros(0, dtype=np.int16)
+            if packet.payload_type == self.dtmf_payload_type:
+                out.extend(self._telephone_event(leg, packet))
+            elif packet.payload_type != PT_CN:
+                out.append(self._unsupported(packet, addr))
+        released = leg.jitter.push(packet.sequence, packet.timestamp, pcm)
+        out.extend(self._chunks(leg, released))
+        return out
+
+    def poll(self, now: float) -> list[IngestOutput]:
+        """End legs silent for ``leg_timeout_s``: their buffered audio, then ``LegEnded``."""
+        out: list[IngestOutput] = []
+        for key, leg in list(self._legs.items()):
+            if now - leg.last_seen >= self.leg_timeout_s:
+                out.extend(self._end(key, "timeout"))
+        return out
+
+    def name_leg(
+        self, addr: Address, ssrc: int | None, call_id: str, party: str
+    ) -> list[IngestOutput]:
+        """Name the leg from ``addr`` with ``ssrc`` (None: any SSRC from that address),
+        e.g. from SIP/SDP or an ARI ExternalMedia response.
+
+        Before the leg's first packet this only records the name and returns []. If
+        the leg is already running, it is handed over: ``LegEnded(reason="renamed")``
+        for the old name, then ``LegStarted`` for the new one with ``t`` at the
+        leg's current position; audio still in the jitter buffer (a few packets) and
+        everything after comes out under the new name, on the same timeline.
+        """
+        peer = _peer(addr)
+        self._names[(peer, ssrc)] = (call_id, party)
+        out: list[IngestOutput] = []
+        for (leg_peer, leg_ssrc), leg in self._legs.items():
+            if leg_peer != peer or (ssrc is not None and leg_ssrc != ssrc):
+                continue
+            if (leg.call_id, leg.party) == (call_id, party):
+                continue
+            out.append(LegEnded(leg.call_id, leg.party, reason="renamed"))
+            leg.call_id, leg.party = call_id, party
+            out.append(self._leg_started(leg, t=self._position(leg)))
+        return out
+
+    def end_leg(self, addr: Address, ssrc: int, reason: str = "hangup") -> list[IngestOutput]:
+        """End one leg now (e.g. on SIP BYE): buffered audio, then ``LegEnded``."""
+        key = (_peer(addr), ssrc)
+        return self._end(key, reason) if key in self._legs else []
+
+    def close(self, reason: str = "shutdown") -> list[IngestOutput]:
+        """End every leg (the port is closing)."""
+        out: list[IngestOutput] = []
+        for key in list(self._legs):
+            out.extend(self._end(key, reason))
+        return out
+
+    # -- introspection ------------------------------------------------------------
+
+    @property
+    def n_legs(self) -> int:
+        """Legs currently open."""
+        return len(self._legs)
+
+    def leg_stats(self, call_id: str) -> JitterStats | None:
+        """Jitter-buffer counters of an open or recently ended leg (None if unknown)."""
+        for leg in self._legs.values():
+            if leg.call_id == call_id:
+                return leg.jitter.stats
+        return self._ended_stats.get(call_id)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _start_leg(self, peer: tuple[str, int], packet: RtpPacket, now: float) -> _Leg:
+        host, port = peer
+        name = self._names.get((peer, packet.ssrc)) or self._names.get((peer, None))
+        call_id, party = name or (f"rtp-{host}-{port}-{packet.ssrc:08x}", self.party)
+        leg = _Leg(
+            call_id=call_id,
+            party=party,
+            ssrc=packet.ssrc,
+            remote=_remote(peer),
+            codec=PAYLOAD_CODECS[packet.payload_type],
+            jitter=JitterBuffer(depth_packets=self.jitter_depth_packets, clock_rate=CLOCK_RATE),
+            last_seen=now,
+        )
+        self._legs[(peer, packet.ssrc)] = leg
+        return leg
+
+    def _leg_started(self, leg: _Leg, t: float = 0.0) -> LegStarted:
+        info = {"ssrc": leg.ssrc, "remote": leg.remote, "codec": leg.codec}
+        return LegStarted(leg.call_id, leg.party, sample_rate=CLOCK_RATE, t=t, info=info)
+
+    def _position(self, leg: _Leg) -> float:
+        first, nxt = leg.jitter.first_timestamp, leg.jitter.next_timestamp
+        return 0.0 if first is None or nxt is None else (nxt - first) / CLOCK_RATE
+
+    def _chunks(
+        self, leg: _Leg, released: list[tuple[int, NDArray[np.int16]]]
+    ) -> list[IngestOutput]:
+        if not released:
+            return []
+        first = leg.jitter.first_timestamp
+        assert first is not None  # something was released, so the timeline has an origin
+        # Released pieces are contiguous by construction: one chunk per call is enough.
+        pcm = released[0][1] if len(released) == 1 else np.concatenate([p for _, p in released])
+        if pcm.size == 0:
+            return []
+        t = (released[0][0] - first) / CLOCK_RATE
+        return [AudioChunk(leg.call_id, leg.party, t, pcm, CLOCK_RATE)]
+
+    def _telephone_event(self, leg: _Leg, packet: RtpPacket) -> list[IngestOutput]:
+        payload = packet.payload
+        if len(payload) < 4:
+            return [ProtocolViolation(f"telephone-event payload {len(payload)} bytes < 4")]
+        event = payload[0]
+        if event >= len(_DTMF_DIGITS):
+            return []  # other RFC 4733 events (tones, flash) carry no digit
+        # Every packet of one event repeats its start timestamp (and the end packet is
+        # sent three times): report each event once, when it first shows up.
+        if packet.timestamp in leg.dtmf_timestamps:
+            return []
+        if len(leg.dtmf_timestamps) > 64:
+            leg.dtmf_timestamps.clear()
+        leg.dtmf_timestamps.add(packet.timestamp)
+        first = leg.jitter.first_timestamp
+        ts = leg.jitter.extend_timestamp(packet.timestamp)
+        t = 0.0 if first is None else max(0.0, (ts - first) / CLOCK_RATE)
+        return [Dtmf(leg.call_id, leg.party, _DTMF_DIGITS[event], t)]
+
+    def _unsupported(self, packet: RtpPacket, addr: Address) -> ProtocolViolation:
+        return ProtocolViolation(
+            f"unsupported payload type {packet.payload_type} from {_remote(addr)} "
+            f"ssrc 0x{packet.ssrc:08x}"
+        )
+
+    def _end(self, key: tuple[tuple[str, int], int], reason: str) -> list[IngestOutput]:
+        leg = self._legs.pop(key)
+        out = self._chunks(leg, leg.jitter.flush())
+        out.append(LegEnded(leg.call_id, leg.party, reason=reason))
+        self._ended_stats[leg.call_id] = leg.jitter.stats
+        while len(self._ended_stats) > 256:
+            self._ended_stats.popitem(last=False)
+        return out
+
+
+def _peer(addr: Address) -> tuple[str, int]:
+    return (str(addr[0]), int(addr[1]))
+
+
+def _remote(addr: Address) -> str:
+    host, port = str(addr[0]), int(addr[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

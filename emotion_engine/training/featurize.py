@@ -1,0 +1,178 @@
+"""Clip features with an on-disk cache, so re-running train/evaluate costs seconds.
+
+Each clip is read, degraded (``condition``: ``"test"`` = G.711 mu-law round trip,
+``"train"`` = random telephony augmentation seeded per clip) and turned into one feature
+vector by an extractor (the engine's ``extract_clip_features`` or the eGeMAPS baseline).
+
+The cache file is ``<cache_dir>/<extractor>-<condition>-<key>.npz`` where ``key`` hashes
+the source code of the feature, audio-codec and augmentation modules, the augmentation
+parameters, the seed and the file list (paths, sizes, mtimes): any change recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from emotion_engine.errors import ConfigError, DatasetError
+from emotion_engine.training.augment import (
+    DEFAULT_AUGMENT_PARAMS,
+    AugmentParams,
+    telephone_channel,
+    telephony_augment,
+)
+from emotion_engine.training.data import Clip, read_clip
+
+log = logging.getLogger(__name__)
+
+CONDITIONS: tuple[str, ...] = ("test", "train")
+Extractor = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+_AUDIO_CODE: tuple[str, ...] = (
+    "audio/g711.py",
+    "audio/pcm.py",
+    "audio/resample.py",
+    "training/augment.py",
+)
+_FEATURE_CODE: tuple[str, ...] = ("features", "config.py")
+
+
+def default_cache_dir() -> Path:
+    """``$EMOTION_ENGINE_CACHE/features`` or ``./.cache/features``."""
+    return Path(os.environ.get("EMOTION_ENGINE_CACHE", ".cache")) / "features"
+
+
+def code_version(*, engine_features: bool = True) -> str:
+    """Hash of the source files whose change alters features (12 hex digits).
+
+    ``engine_features=False`` leaves out the engine's feature code (for an external
+    extractor such as the eGeMAPS baseline, whose cache must survive feature work).
+    """
+    h = hashlib.sha256()
+    for rel in _AUDIO_CODE + (_FEATURE_CODE if engine_features else ()):
+        path = _PACKAGE / rel
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            if f.is_file():
+                h.update(str(f.relative_to(_PACKAGE)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def engine_extractor() -> tuple[Extractor, tuple[str, ...]]:
+    """The engine's own clip features and their names (the shipped model's input)."""
+    from emotion_engine.features import extract_clip_features
+    from emotion_engine.features.functionals import FUNCTIONAL_NAMES
+
+    def extract(samples: NDArray[np.float32]) -> NDArray[np.float32]:
+        return extract_clip_features(samples=samples)
+
+    return extract, tuple(FUNCTIONAL_NAMES)
+
+
+def clip_rng(*, seed: int, clip: Clip) -> np.random.Generator:
+    """Per-clip generator: a clip's augmentation does not depend on which others are loaded."""
+    tag = zlib.crc32(f"{clip.corpus}/{clip.path.name}".encode())
+    return np.random.default_rng([seed, tag])
+
+
+def degrade(
+    *,
+    samples: NDArray[np.float32],
+    condition: str,
+    rng: np.random.Generator | None = None,
+    params: AugmentParams = DEFAULT_AUGMENT_PARAMS,
+) -> NDArray[np.float32]:
+    """Apply ``condition`` (``"test"`` or ``"train"``) to (n,) float32 8 kHz samples."""
+    if condition == "test":
+        return telephone_channel(samples=samples)
+    if condition == "train":
+        if rng is None:
+            raise ConfigError("condition 'train' needs an rng")
+        return telephony_augment(samples=samples, rng=rng, params=params)
+    raise ConfigError(f"unknown condition {condition!r} (expected one of {CONDITIONS})")
+
+
+def cache_key(
+    *,
+    clips: Sequence[Clip],
+    condition: str,
+    seed: int,
+    extractor_id: str,
+    params: AugmentParams = DEFAULT_AUGMENT_PARAMS,
+) -> str:
+    h = hashlib.sha256()
+    version = code_version(engine_features=extractor_id == "engine")
+    h.update(f"{extractor_id}|{version}|{condition}|{params!r}".encode())
+    if condition == "train":
+        h.update(str(seed).encode())
+    for c in clips:
+        try:
+            st = c.path.stat()
+            h.update(f"{c.path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError as exc:
+            raise DatasetError(f"audio file missing: {c.path}") from exc
+    return h.hexdigest()[:16]
+
+
+def featurize(
+    *,
+    clips: Sequence[Clip],
+    condition: str,
+    seed: int = 0,
+    extractor: Extractor | None = None,
+    extractor_id: str = "engine",
+    params: AugmentParams = DEFAULT_AUGMENT_PARAMS,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> NDArray[np.float32]:
+    """(n_clips, n_features) float32 features of ``clips`` under ``condition``.
+
+    ``extractor``: (n,) float32 -> (n_features,) float32; default the engine's.
+    Results are cached under ``cache_dir`` (default :func:`default_cache_dir`).
+    """
+    if condition not in CONDITIONS:
+        raise ConfigError(f"unknown condition {condition!r} (expected one of {CONDITIONS})")
+    if extractor is None:
+        extractor, _ = engine_extractor()
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    key = cache_key(
+        clips=clips, condition=condition, seed=seed, extractor_id=extractor_id, params=params
+    )
+    path = cache_dir / f"{extractor_id}-{condition}-{key}.npz"
+    if path.is_file():
+        with np.load(path) as cached:
+            features: NDArray[np.float32] = cached["features"]
+        log.info("features from cache %s", path)
+        return features
+
+    from tqdm import tqdm
+
+    rows: list[NDArray[np.float32]] = []
+    for clip in tqdm(
+        clips, desc=f"{extractor_id} features ({condition})", unit="clip", disable=not progress
+    ):
+        samples = read_clip(clip.path)
+        rng = clip_rng(seed=seed, clip=clip) if condition == "train" else None
+        audio = degrade(samples=samples, condition=condition, rng=rng, params=params)
+        rows.append(np.asarray(extractor(audio), dtype=np.float32))
+    features = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+    if not np.all(np.isfinite(features)):
+        bad = np.flatnonzero(~np.all(np.isfinite(features), axis=1))
+        raise DatasetError(
+            f"{extractor_id} features are not finite for {len(bad)} clip(s), "
+            f"first {clips[int(bad[0])].path}"
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, features=features)
+    tmp.replace(path)
+    return features

@@ -1,0 +1,500 @@
+"""Train the emotion model on labelled clips and export it as one ONNX graph + manifest.
+
+    python -m emotion_engine.training.train --data ../shared/data --out models --seed 0
+
+Data: a folder with one labels.csv (columns file,speaker,emotion; your own calls) or
+a folder of corpora each with a labels.csv (the shared layout). Every clip is used
+twice: once through a G.711 mu-law round trip and once through a random telephony
+degradation (level, noise, band-limit, mu-law/A-law). Two heads share the standardised
+features: a classifier over the labels (neutral, happy, sad, angry; calm counts as
+neutral) and an arousal head (low/mid/high classifier whose expected level, 0..1, is
+the ``arousal`` output). The graph takes ``features`` (batch, n_features) float32 and
+gives ``probabilities`` (batch, n_labels) and ``arousal`` (batch,).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from emotion_engine.config import (
+    DEFAULT_FEATURE_PARAMS,
+    DEFAULT_WINDOW_PARAMS,
+    MODEL_SAMPLE_RATE_HZ,
+)
+from emotion_engine.errors import ConfigError, DatasetError, ModelError
+from emotion_engine.model.manifest import ModelManifest
+from emotion_engine.model.runtime import MANIFEST_FILE, MODEL_FILE, EmotionModel, sha256_bytes
+from emotion_engine.training.augment import DEFAULT_AUGMENT_PARAMS
+from emotion_engine.training.data import (
+    AROUSAL_LEVELS,
+    AROUSAL_OF_EMOTION,
+    AROUSAL_VALUES,
+    LABEL_MAP,
+    NO_LABEL,
+    Dataset,
+    load_dataset,
+)
+
+log = logging.getLogger(__name__)
+
+TARGET_OPSET: dict[str, int] = {"": 17, "ai.onnx.ml": 3}
+INPUT_NAME = "features"
+PROBABILITIES_NAME = "probabilities"
+AROUSAL_NAME = "arousal"
+
+
+def _logreg(seed: int) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=0.1, max_iter=3000, random_state=seed)
+
+
+def _mlp(seed: int) -> Any:
+    from sklearn.neural_network import MLPClassifier
+
+    return MLPClassifier(
+        hidden_layer_sizes=(64,),
+        alpha=1.0,
+        learning_rate_init=1e-3,
+        max_iter=400,
+        early_stopping=False,
+        random_state=seed,
+    )
+
+
+def _svm(seed: int) -> Any:
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    # Platt scaling on held-out folds: SVC(probability=True) is deprecated in sklearn 1.9.
+    return CalibratedClassifierCV(
+        SVC(kernel="rbf", C=1.0, gamma="scale"), method="sigmoid", cv=3, ensemble=False
+    )
+
+
+def _hgb(seed: int) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(
+        max_iter=200,
+        learning_rate=0.05,
+        max_leaf_nodes=15,
+        l2_regularization=1.0,
+        random_state=seed,
+    )
+
+
+CANDIDATES: dict[str, Callable[[int], Any]] = {
+    "logreg": _logreg,
+    "mlp": _mlp,
+    "svm": _svm,
+    "hgb": _hgb,
+}
+"""Emotion-head candidates compared by ``evaluate`` (leave-one-corpus-out UAR)."""
+
+EXPORTABLE: frozenset[str] = frozenset({"logreg", "mlp", "svm"})
+"""skl2onnx 1.20 cannot convert HistGradientBoosting with onnx 1.23 (attribute types)."""
+
+DEFAULT_CANDIDATE = "mlp"
+"""Chosen by leave-one-corpus-out UAR (see models/README.md)."""
+
+
+def balanced_weights(*, y: NDArray[np.int64], groups: NDArray[np.str_]) -> NDArray[np.float64]:
+    """(n,) sample weights: every group (corpus) weighs the same, and within a group
+    every class weighs the same; mean weight 1.
+
+    Without this TESS (2 speakers, 1,600 clips) would outweigh RAVDESS (24 speakers).
+    """
+    w = np.zeros(y.shape, dtype=np.float64)
+    group_names = np.unique(groups)
+    for g in group_names:
+        in_group = groups == g
+        classes = np.unique(y[in_group])
+        for k in classes:
+            cell = in_group & (y == k)
+            w[cell] = 1.0 / (cell.sum() * len(classes) * len(group_names))
+    out: NDArray[np.float64] = w * (y.size / w.sum())
+    return out
+
+
+@dataclass(slots=True)
+class FittedModel:
+    """Fitted scaler + emotion head + arousal head (sklearn), before export."""
+
+    scaler: Any
+    emotion: Any
+    arousal: Any
+    labels: tuple[str, ...]
+    candidate: str
+    arousal_values: NDArray[np.float32]
+
+    def predict_proba(self, x: NDArray[np.float32]) -> NDArray[np.float64]:
+        """(n, n_labels) class probabilities."""
+        proba: NDArray[np.float64] = self.emotion.predict_proba(self.scaler.transform(x))
+        return proba
+
+    def predict_arousal(self, x: NDArray[np.float32]) -> NDArray[np.float64]:
+        """(n,) expected arousal in 0..1."""
+        proba: NDArray[np.float64] = self.arousal.predict_proba(self.scaler.transform(x))
+        return proba @ self.arousal_values.astype(np.float64)
+
+    def predict_arousal_level(self, x: NDArray[np.float32]) -> NDArray[np.int64]:
+        """(n,) arousal level 0/1/2 from the ``arousal`` output (thirds of 0..1)."""
+        return np.digitize(self.predict_arousal(x), [1 / 3, 2 / 3]).astype(np.int64)
+
+
+def fit_model(
+    *,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    arousal: NDArray[np.int64],
+    corpus: NDArray[np.str_],
+    labels: Sequence[str],
+    candidate: str = DEFAULT_CANDIDATE,
+    seed: int = 0,
+) -> FittedModel:
+    """Fit both heads. ``x``: (n, n_features); ``y``/``arousal``: (n,) with ``NO_LABEL``
+    where a head must not learn; ``corpus``: (n,) for the balancing weights."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    if candidate not in CANDIDATES:
+        raise ConfigError(f"unknown model {candidate!r} (choose from {sorted(CANDIDATES)})")
+    scaler = StandardScaler().fit(x)
+    z = scaler.transform(x).astype(np.float32)
+
+    has_y = y != NO_LABEL
+    if len(np.unique(y[has_y])) < 2:
+        raise DatasetError(f"need at least two emotion classes to train, got {np.unique(y[has_y])}")
+    emotion = CANDIDATES[candidate](seed)
+    emotion.fit(
+        z[has_y], y[has_y], sample_weight=balanced_weights(y=y[has_y], groups=corpus[has_y])
+    )
+    if list(emotion.classes_) != list(range(len(labels))):
+        missing = sorted(set(range(len(labels))) - set(emotion.classes_))
+        raise DatasetError(f"no training clip for label(s) {[labels[i] for i in missing]}")
+
+    has_a = arousal != NO_LABEL
+    if len(np.unique(arousal[has_a])) < 2:
+        raise DatasetError("need at least two arousal levels to train the arousal head")
+    arousal_head = LogisticRegression(C=0.1, max_iter=3000, random_state=seed)
+    arousal_head.fit(
+        z[has_a],
+        arousal[has_a],
+        sample_weight=balanced_weights(y=arousal[has_a], groups=corpus[has_a]),
+    )
+    values = np.asarray(AROUSAL_VALUES, dtype=np.float32)[arousal_head.classes_]
+    return FittedModel(
+        scaler=scaler,
+        emotion=emotion,
+        arousal=arousal_head,
+        labels=tuple(labels),
+        candidate=candidate,
+        arousal_values=values,
+    )
+
+
+def export_onnx(fitted: FittedModel, *, n_features: int) -> Any:
+    """One ONNX graph: ``features`` -> ``probabilities`` (batch, n_labels) and ``arousal`` (batch,).
+
+    Both heads are converted by skl2onnx (scaler inside each), the arousal graph's names
+    are prefixed, the two are joined on the shared input, and the arousal head's level
+    probabilities are reduced to their expected value with a MatMul.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.compose import add_prefix
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.pipeline import Pipeline
+
+    def convert(head: Any) -> Any:
+        pipe = Pipeline([("scaler", fitted.scaler), ("head", head)])
+        return to_onnx(
+            pipe,
+            initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+            options={id(head): {"zipmap": False}},
+            target_opset=TARGET_OPSET,
+        )
+
+    emotion = convert(fitted.emotion)
+    arousal = add_prefix(convert(fitted.arousal), "arousal_")
+    prefixed_input = "arousal_" + INPUT_NAME
+    for node in arousal.graph.node:
+        for i, name in enumerate(node.input):
+            if name == prefixed_input:
+                node.input[i] = INPUT_NAME
+
+    values = numpy_helper.from_array(
+        fitted.arousal_values.reshape(-1, 1).astype(np.float32), name="arousal_level_values"
+    )
+    flat = numpy_helper.from_array(np.array([-1], dtype=np.int64), name="arousal_flat_shape")
+    tail = [
+        helper.make_node(
+            "MatMul", ["arousal_probabilities", "arousal_level_values"], ["arousal_expected"]
+        ),
+        helper.make_node("Reshape", ["arousal_expected", "arousal_flat_shape"], [AROUSAL_NAME]),
+    ]
+    graph = helper.make_graph(
+        nodes=[*emotion.graph.node, *arousal.graph.node, *tail],
+        name="emotion_engine",
+        inputs=[emotion.graph.input[0]],
+        outputs=[
+            helper.make_tensor_value_info(
+                PROBABILITIES_NAME, TensorProto.FLOAT, [None, len(fitted.labels)]
+            ),
+            helper.make_tensor_value_info(AROUSAL_NAME, TensorProto.FLOAT, [None]),
+        ],
+        initializer=[*emotion.graph.initializer, *arousal.graph.initializer, values, flat],
+    )
+    opsets = {op.domain: op.version for op in [*emotion.opset_import, *arousal.opset_import]}
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        producer_name="emotion-engine",
+        doc_string=f"emotion head: {fitted.candidate}; labels: {','.join(fitted.labels)}",
+    )
+    model.ir_version = emotion.ir_version
+    onnx.checker.check_model(model)
+    return model
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in (
+        "emotion-engine",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "skl2onnx",
+        "onnx",
+        "onnxruntime",
+    ):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def train_features(
+    dataset: Dataset, *, seed: int, progress: bool
+) -> tuple[
+    NDArray[np.float32], NDArray[np.int64], NDArray[np.int64], NDArray[np.str_], tuple[str, ...]
+]:
+    """Stacked training rows (mu-law copy + augmented copy of every clip) and their targets."""
+    from emotion_engine.training.featurize import engine_extractor, featurize
+
+    extractor, names = engine_extractor()
+    clean = featurize(clips=dataset.clips, condition="test", extractor=extractor, progress=progress)
+    augmented = featurize(
+        clips=dataset.clips, condition="train", seed=seed, extractor=extractor, progress=progress
+    )
+    x = np.concatenate([clean, augmented])
+    y = np.tile(dataset.y, 2)
+    arousal = np.tile(dataset.arousal, 2)
+    corpus = np.tile(dataset.corpus, 2)
+    return x, y, arousal, corpus, names
+
+
+def run_train(
+    *,
+    data_dir: Path,
+    out_dir: Path,
+    seed: int = 0,
+    corpora: Sequence[str] | None = None,
+    limit_per_corpus: int | None = None,
+    progress: bool = True,
+    candidate: str = DEFAULT_CANDIDATE,
+    command: str | None = None,
+) -> Path:
+    """Train on ``data_dir`` and write ``emotion.onnx`` + ``emotion.manifest.json`` to
+    ``out_dir``; returns the .onnx path. The exported graph is reloaded with
+    ``EmotionModel`` and checked against sklearn before returning."""
+    started = time.monotonic()
+    dataset = load_dataset(
+        Path(data_dir), corpora=corpora, limit_per_corpus=limit_per_corpus, seed=seed
+    )
+    x, y, arousal, corpus, names = train_features(dataset, seed=seed, progress=progress)
+    fitted = fit_model(
+        x=x,
+        y=y,
+        arousal=arousal,
+        corpus=corpus,
+        labels=dataset.labels,
+        candidate=candidate,
+        seed=seed,
+    )
+    model = export_onnx(fitted, n_features=x.shape[1])
+    blob = model.SerializeToString()
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / MODEL_FILE
+    onnx_path.write_bytes(blob)
+    if command is None:
+        command = (
+            f"python -m emotion_engine.training.train --data {shlex.quote(str(data_dir))} "
+            f"--out {shlex.quote(str(out_dir))} --seed {seed}"
+            + (f" --corpora {','.join(corpora)}" if corpora else "")
+            + (f" --limit-per-corpus {limit_per_corpus}" if limit_per_corpus else "")
+            + (f" --model-type {candidate}" if candidate != DEFAULT_CANDIDATE else "")
+        )
+    manifest = ModelManifest(
+        labels=fitted.labels,
+        feature_names=names,
+        onnx_file=MODEL_FILE,
+        onnx_sha256=sha256_bytes(blob),
+        sample_rate_hz=MODEL_SAMPLE_RATE_HZ,
+        input_name=INPUT_NAME,
+        probabilities_name=PROBABILITIES_NAME,
+        arousal_name=AROUSAL_NAME,
+        arousal={
+            "output": "expected level of a low/mid/high logistic-regression head, 0..1",
+            "level_values": dict(zip(AROUSAL_LEVELS, AROUSAL_VALUES, strict=True)),
+            "levels_from_emotion": AROUSAL_OF_EMOTION,
+            "levels_from_columns": "labels.csv 'arousal' (low/mid/high or 0/1/2) or "
+            "'intensity' low/neutral/high (BAVED levels 0/1/2), before the emotion",
+        },
+        model_type=(
+            f"StandardScaler + {type(fitted.emotion).__name__} ({candidate}) emotion head; "
+            "StandardScaler + LogisticRegression arousal head; sklearn -> skl2onnx"
+        ),
+        feature_params=_asdict(DEFAULT_FEATURE_PARAMS),
+        window_params=_asdict(DEFAULT_WINDOW_PARAMS),
+        normalisation={
+            "kind": "StandardScaler inside the graph (features are fed raw)",
+            "mean": [float(v) for v in fitted.scaler.mean_],
+            "scale": [float(v) for v in fitted.scaler.scale_],
+        },
+        training_data={
+            "root": str(data_dir),
+            "corpora": dataset.summary(),
+            "label_map": LABEL_MAP,
+            "skipped_labels": dataset.skipped,
+            "emotion_excluded_corpora": list(dataset.emotion_excluded_corpora),
+            "rows": int(x.shape[0]),
+            "copies_per_clip": ["G.711 mu-law round trip", "random telephony augmentation"],
+            "augmentation": DEFAULT_AUGMENT_PARAMS.to_dict(),
+            "sample_weights": "each corpus equal, each class equal within a corpus",
+            "split": "all speakers (evaluation splits by speaker, see models/README.md)",
+        },
+        licences={name: str(info["licence"]) for name, info in dataset.summary().items()},
+        seed=seed,
+        command=command,
+        package_versions=_versions(),
+        created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    manifest.save(out_dir / MANIFEST_FILE)
+
+    loaded = EmotionModel.load(out_dir, expected_feature_names=names)
+    probe = x[:: max(1, x.shape[0] // 200)]
+    out = loaded.predict(probe)
+    err = float(np.abs(out.probabilities - fitted.predict_proba(probe)).max())
+    err_a = float(np.abs(out.arousal - fitted.predict_arousal(probe)).max())
+    if err > 1e-4 or err_a > 1e-4:
+        raise ModelError(f"exported graph disagrees with sklearn: {err:.2e} / {err_a:.2e}")
+    log.info(
+        "trained %s on %d rows (%d clips, %d features) in %.0f s -> %s",
+        candidate,
+        x.shape[0],
+        len(dataset),
+        x.shape[1],
+        time.monotonic() - started,
+        onnx_path,
+    )
+    return onnx_path
+
+
+def _asdict(params: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(params)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``emotion-engine train`` (also ``python -m emotion_engine.training.train``)."""
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="labelled audio: DIR/labels.csv (columns file,speaker,emotion[,arousal]) with "
+        "the audio files, or DIR/<corpus>/labels.csv for several corpora (../shared/data)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models"),
+        metavar="DIR",
+        help="where to write emotion.onnx and emotion.manifest.json (default: models)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--corpora",
+        type=lambda s: [c for c in s.split(",") if c],
+        default=None,
+        metavar="A,B",
+        help="only these corpus subfolders (default: every subfolder with labels.csv)",
+    )
+    parser.add_argument(
+        "--limit-per-corpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N random clips per corpus (quick trial runs)",
+    )
+    parser.add_argument(
+        "--model-type",
+        choices=sorted(EXPORTABLE),
+        default=DEFAULT_CANDIDATE,
+        help=f"emotion head (default: {DEFAULT_CANDIDATE}, the best leave-one-corpus-out UAR)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``train`` from parsed arguments; returns the exit status."""
+    path = run_train(
+        data_dir=args.data,
+        out_dir=args.out,
+        seed=args.seed,
+        corpora=args.corpora,
+        limit_per_corpus=args.limit_per_corpus,
+        progress=not args.no_progress,
+        candidate=args.model_type,
+        command=shlex.join(["python", "-m", "emotion_engine.training.train", *sys.argv[1:]])
+        if __name__ == "__main__"
+        else None,
+    )
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _parser = argparse.ArgumentParser(
+        prog="python -m emotion_engine.training.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(_parser)
+    try:
+        sys.exit(main(_parser.parse_args()))
+    except (DatasetError, ModelError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
