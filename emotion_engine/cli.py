@@ -1,4 +1,4 @@
-"""``emotion-engine`` command line: analyze | demo | train | evaluate.
+"""``emotion-engine`` command line: serve | analyze | demo | mic | train | evaluate.
 
 Every subcommand has ``--help``; logs go to stderr (``-v`` for more), events to
 stdout or ``--out`` as JSON lines, one per event.
@@ -122,6 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--call", type=Path, default=DEMO_CALL, help=argparse.SUPPRESS)
     demo.set_defaults(func=cmd_demo)
+
+    from emotion_engine import serve_cli
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the live engine: RTP, AudioSocket and media websockets in, events out",
+        description="Run the engine as a server. One HTTP/websocket port carries /v1/events "
+        "(subscribers), /v1/media/twilio, /v1/media/audiohook, /v1/media/l16 (ingest), "
+        "/v1/control, /healthz and /metrics; RTP arrives on UDP and Asterisk AudioSocket on "
+        "TCP. Every option is also a config-file key and an EMOTION_ENGINE_<OPTION> "
+        "environment variable (command line > environment > file > defaults).",
+    )
+    serve_cli.add_serve_arguments(serve)
+    serve.set_defaults(func=serve_cli.cmd_serve)
+
+    mic = sub.add_parser(
+        "mic",
+        help="analyse the microphone live",
+        description="Capture the microphone (PortAudio) and print emotion cues as you speak.",
+    )
+    serve_cli.add_mic_arguments(mic)
+    mic.set_defaults(func=serve_cli.cmd_mic)
 
     from emotion_engine.training import evaluate as evaluate_mod
     from emotion_engine.training import train as train_mod

@@ -7,7 +7,12 @@ cannot drift apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from emotion_engine.errors import ConfigError
 
 MODEL_SAMPLE_RATE_HZ = 8000
 """Every stream is resampled to this rate before framing (telephone band)."""
@@ -88,3 +93,73 @@ DEFAULT_FEATURE_PARAMS = FeatureParams()
 DEFAULT_WINDOW_PARAMS = WindowParams()
 DEFAULT_DETECTOR_PARAMS = DetectorParams()
 DEFAULT_ENGINE_PARAMS = EngineParams()
+
+
+@dataclass(frozen=True, slots=True)
+class ServeParams:
+    """``emotion-engine serve``: every field is also a config-file key (TOML, same
+    name) and an environment variable ``EMOTION_ENGINE_<NAME>`` (upper case).
+    Precedence: command line > environment > config file > these defaults."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765  # HTTP + websockets: /v1/events, /v1/media/..., /healthz, /metrics
+    rtp_port: int = 40000  # UDP; -1 disables
+    audiosocket_port: int = 9092  # TCP; -1 disables
+    model: str = ""  # empty: the shipped model
+    token: str = ""  # bearer token for subscribers and ingest; empty: loopback only
+    audiohook_api_key: str = ""  # X-API-KEY expected from Genesys AudioHook; empty: token
+    tls_cert: str = ""
+    tls_key: str = ""
+    rtp_leg_timeout_s: float = 5.0
+    rtp_party: str = "customer"
+    tick_s: float = 0.1  # how often the engine batches queued audio
+    replay_events: int = 10_000
+    subscriber_queue: int = 2_000
+    max_message_bytes: int = 1 << 20
+
+
+ENV_PREFIX = "EMOTION_ENGINE_"
+
+
+def load_serve_params(
+    *,
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServeParams:
+    """Defaults < config file (TOML, keys as in :class:`ServeParams`, optionally under
+    ``[serve]``) < environment (``EMOTION_ENGINE_PORT=0`` ...) < ``overrides`` (the
+    command line; ``None`` values are ignored). Unknown keys and bad values raise
+    ConfigError naming them."""
+    import tomllib
+
+    known = {f.name: f for f in fields(ServeParams)}
+    values: dict[str, Any] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {config_file}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        section = data.get("serve", data)
+        unknown = sorted(k for k in section if k not in known and not isinstance(section[k], dict))
+        if unknown:
+            raise ConfigError(f"unknown key(s) in {config_file}: {', '.join(unknown)}; known: {', '.join(known)}")
+        values.update({k: v for k, v in section.items() if k in known})
+    for name in known:
+        raw = (env if env is not None else os.environ).get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = raw
+    for name, value in (overrides or {}).items():
+        if value is not None and name in known:
+            values[name] = value
+    converted: dict[str, Any] = {}
+    for name, value in values.items():
+        kind = type(getattr(ServeParams(), name))
+        try:
+            converted[name] = kind(value) if not isinstance(value, kind) else value
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name}: {value!r} is not a valid {kind.__name__}") from exc
+    return ServeParams(**converted)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from emotion_engine.model.runtime import EmotionModel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,3 +31,38 @@ def data_dir() -> Path:
             f"shared corpora not found at {path} (set EMOTION_ENGINE_DATA to the data folder)"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def model() -> EmotionModel:
+    """The shipped model (models/)."""
+    from emotion_engine.model.runtime import DEFAULT_MODEL_DIR, EmotionModel
+
+    return EmotionModel.load(DEFAULT_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def call_pcm(data_dir: Path) -> NDArray[np.int16]:
+    """A labelled test call at 8 kHz int16: one RAVDESS actor's neutral/calm clips
+    (~14 s, sets the call's baseline), then angry clips (~10 s)."""
+    import csv
+
+    from emotion_engine.audio.io import read_audio
+    from emotion_engine.audio.pcm import float32_to_int16
+
+    with (data_dir / "ravdess" / "labels.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["speaker"] == "ravdess_03"]
+
+    def clips(emotions: tuple[str, ...], seconds: float) -> list[NDArray[np.float32]]:
+        out: list[NDArray[np.float32]] = []
+        total = 0.0
+        for r in rows:
+            if r["emotion"] in emotions and total < seconds:
+                audio = read_audio(data_dir / "ravdess" / r["file"])[0][0]
+                out += [audio, np.zeros(3200, dtype=np.float32)]
+                total += audio.size / 8000 + 0.4
+        return out
+
+    calm = clips(("neutral", "calm"), 14.0)
+    angry = clips(("angry",), 10.0)
+    return float32_to_int16(np.concatenate(calm + angry))

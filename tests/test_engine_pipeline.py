@@ -13,13 +13,8 @@ from emotion_engine.audio.pcm import float32_to_int16
 from emotion_engine.engine.pipeline import MIN_FIRST_WINDOW_FRAMES, Engine
 from emotion_engine.errors import AudioError, ConfigError
 from emotion_engine.frames import AudioChunk
-from emotion_engine.model.runtime import DEFAULT_MODEL_DIR, EmotionModel
+from emotion_engine.model.runtime import EmotionModel
 from emotion_engine.publish.events import Event
-
-
-@pytest.fixture(scope="module")
-def model() -> EmotionModel:
-    return EmotionModel.load(DEFAULT_MODEL_DIR)
 
 
 @pytest.fixture(scope="module")

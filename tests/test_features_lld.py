@@ -33,7 +33,7 @@ def _harmonic(f0_hz: float, *, seed: int = 0, amplitude: float = 0.2) -> NDArray
     y = np.zeros_like(T)
     for k in range(1, int(3800 / f0_hz) + 1):
         y += np.sin(2 * np.pi * f0_hz * k * T + rng.uniform(0, 2 * np.pi)) / k
-    return amplitude * y / np.abs(y).max()
+    return np.asarray(amplitude * y / np.abs(y).max(), dtype=np.float64)
 
 
 def _librosa_power(frames: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -43,7 +43,7 @@ def _librosa_power(frames: NDArray[np.float32]) -> NDArray[np.float32]:
     window = np.zeros(N_FFT)
     window[:N] = librosa.filters.get_window("hann", N, fftbins=True)
     spec = librosa.stft(y, n_fft=N_FFT, hop_length=N_FFT, window=window, center=False)
-    return np.abs(spec) ** 2  # (n_bins, n_frames)
+    return np.asarray(np.abs(spec) ** 2, dtype=np.float32)  # (n_bins, n_frames)
 
 
 def test_names_match_columns() -> None:
@@ -234,5 +234,9 @@ def test_bad_input_and_params_raise() -> None:
         compute_lld(frames=np.zeros(N, dtype=np.float32))
     with pytest.raises(ConfigError, match="30"):
         compute_lld(frames=np.zeros((1, N), dtype=np.float32), params=FeatureParams(f0_min_hz=30.0))
+    with pytest.raises(ConfigError, match="1.5"):
+        compute_lld(
+            frames=np.zeros((1, N), dtype=np.float32), params=FeatureParams(voicing_threshold=1.5)
+        )
     with pytest.raises(ConfigError, match="n_mfcc"):
         compute_lld(frames=np.zeros((1, N), dtype=np.float32), params=FeatureParams(n_mfcc=20))

@@ -93,7 +93,9 @@ def test_bad_geometry_is_rejected(frame_length: int, hop: int) -> None:
     with pytest.raises(ConfigError, match=str(min(frame_length, hop))):
         Framer(frame_length=frame_length, hop_length=hop)
     with pytest.raises(ConfigError):
-        frame_signal(samples=np.zeros(500, dtype=np.float32), frame_length=frame_length, hop_length=hop)
+        frame_signal(
+            samples=np.zeros(500, dtype=np.float32), frame_length=frame_length, hop_length=hop
+        )
 
 
 def test_framer_rejects_non_mono_input() -> None:

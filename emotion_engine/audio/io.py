@@ -30,7 +30,7 @@ one-line message starts with the path):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +77,7 @@ class AudioSource:
         """Length in seconds (``n_samples / sample_rate``)."""
         return self.n_samples / self.sample_rate
 
-    def blocks(self, *, block_samples: int) -> Iterator[NDArray[np.float32]]:
+    def blocks(self, *, block_samples: int) -> Generator[NDArray[np.float32], None, None]:
         """Stream the file: float32 (n_channels, n) blocks with ``n <= block_samples``
         (only the last one shorter), full scale 1.0. Reopens the file on each call."""
         if block_samples < 1:

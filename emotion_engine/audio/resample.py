@@ -236,7 +236,10 @@ class StreamingResampler:
         if seg.size < need:
             # Inputs not yet received only meet outputs that are not emitted yet.
             seg = np.concatenate((seg, np.zeros(need - seg.size, dtype=np.float32)))
-        windows = np.lib.stride_tricks.sliding_window_view(seg, flt.width)[::step]
+        item = seg.strides[0]
+        windows = np.lib.stride_tricks.as_strided(
+            seg, shape=(qb - qa, flt.width), strides=(step * item, item), writeable=False
+        )
         out: NDArray[np.float32] = np.ascontiguousarray(windows) @ flt.kernel
         return out
 

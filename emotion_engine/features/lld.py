@@ -9,8 +9,9 @@ Per frame, after removing the frame's DC offset:
 
 - ``f0_hz``: YIN (de Cheveigné & Kawahara 2002). The squared-difference function
   comes from one FFT autocorrelation plus running energies; it is divided by the
-  number of overlapping samples ``N - tau`` because a 200-sample frame holds only
-  1.5 periods at 60 Hz and the raw sum would favour long lags (octave-down errors).
+  number of overlapping samples ``N - tau``: a 200-sample frame holds under two
+  periods at the 70 Hz floor, and the raw sum, shrinking with the lag, would favour
+  long lags (octave-down errors).
   Then the cumulative mean normalised difference (CMND), the first local minimum
   under ``yin_threshold`` (else the global minimum), parabolic interpolation.
   0 when the frame is not voiced.
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import scipy.fft
 from numpy.typing import NDArray
 
 from emotion_engine.config import DEFAULT_FEATURE_PARAMS, FeatureParams
@@ -88,6 +90,9 @@ class _Tables:
     tau_min: int
     tau_max: int
     n_fft_acf: int
+    lags: NDArray[np.int64]  # (tau_max + 2,) lags 0 .. tau_max + 1
+    lags_f32: NDArray[np.float32]
+    inv_overlap: NDArray[np.float32]  # (tau_max + 2,) 1 / (frame_length - lag)
     window: NDArray[np.float32]  # (frame_length,)
     freqs_hz: NDArray[np.float32]  # (n_bins,)
     mel_fb_t: NDArray[np.float32]  # (n_bins, n_mels)
@@ -114,6 +119,11 @@ def _tables(params: FeatureParams) -> _Tables:
             f"need 0 < f0_min_hz < f0_max_hz < sample_rate/4, got "
             f"{params.f0_min_hz}, {params.f0_max_hz} at {sr} Hz"
         )
+    if not (0 < params.yin_threshold <= 1 and 0 <= params.voicing_threshold <= 1):
+        raise ConfigError(
+            f"yin_threshold {params.yin_threshold} and voicing_threshold "
+            f"{params.voicing_threshold} must lie in 0..1"
+        )
     tau_min = max(2, int(np.floor(sr / params.f0_max_hz)))
     tau_max = int(np.ceil(sr / params.f0_min_hz))
     if tau_max + 2 > n // 2 + n // 4:
@@ -122,7 +132,9 @@ def _tables(params: FeatureParams) -> _Tables:
             f"f0_min_hz {params.f0_min_hz} needs lag {tau_max}, too long for "
             f"frame_length {n} (raise f0_min_hz)"
         )
-    n_fft_acf = 1 << int(np.ceil(np.log2(2 * n - 1)))
+    lags = np.arange(tau_max + 2)
+    # circular autocorrelation equals the linear one for lags < n_fft - n
+    n_fft_acf = int(scipy.fft.next_fast_len(n + lags.size, real=True))
 
     window = _hann(n)
     freqs = np.fft.rfftfreq(params.n_fft, d=1.0 / sr)
@@ -146,6 +158,9 @@ def _tables(params: FeatureParams) -> _Tables:
         tau_min=tau_min,
         tau_max=tau_max,
         n_fft_acf=n_fft_acf,
+        lags=lags,
+        lags_f32=lags.astype(np.float32),
+        inv_overlap=(1.0 / (n - lags)).astype(np.float32),
         window=window.astype(np.float32),
         freqs_hz=freqs.astype(np.float32),
         mel_fb_t=np.ascontiguousarray(mel_fb.T, dtype=np.float32),
@@ -202,6 +217,8 @@ def _lld_block(
     n_frames, n = x.shape
     out = np.empty((n_frames, len(LLD_NAMES)), dtype=np.float32)
     x = x - x.mean(axis=1, keepdims=True)
+    # products below use einsum, not BLAS: the matrices are small, and OpenBLAS's
+    # spinning worker threads made the whole call 2-3x slower on a busy 2-core host
 
     energy = np.einsum("ij,ij->i", x, x)
     rms_db = 10.0 * np.log10(np.maximum(energy / n, 10.0 ** (_RMS_FLOOR_DB / 10.0)))
@@ -217,32 +234,34 @@ def _lld_block(
     out[:, LLD_INDEX["voiced"]] = voiced
     out[:, LLD_INDEX["hnr_db"]] = hnr_db
 
-    spec = np.fft.rfft(x * tables.window, n=params.n_fft, axis=1)
+    spec = scipy.fft.rfft(x * tables.window, n=params.n_fft, axis=1)
     power = spec.real**2 + spec.imag**2  # (n, n_bins) float32
     magnitude = np.sqrt(power)
     mag_sum = magnitude.sum(axis=1)
     out[:, LLD_INDEX["spectral_centroid_hz"]] = np.where(
-        mag_sum > 0, (magnitude @ tables.freqs_hz) / np.maximum(mag_sum, 1e-30), 0.0
+        mag_sum > 0,
+        np.einsum("ij,j->i", magnitude, tables.freqs_hz) / np.maximum(mag_sum, 1e-30),
+        0.0,
     )
     floored = np.maximum(power, _POWER_FLOOR)
     log_power = np.log(floored)
     out[:, LLD_INDEX["spectral_flatness"]] = np.exp(log_power.mean(axis=1)) / floored.mean(axis=1)
     # 10 log10(P) = (10 / ln 10) ln(P): reuse the natural log already taken
-    out[:, LLD_INDEX["spectral_slope_db_per_khz"]] = (log_power @ tables.slope_weights) * (
-        10.0 / np.log(10.0)
-    )
-    low = floored @ tables.alpha_low
-    high = floored @ tables.alpha_high
+    out[:, LLD_INDEX["spectral_slope_db_per_khz"]] = np.einsum(
+        "ij,j->i", log_power, tables.slope_weights
+    ) * (10.0 / np.log(10.0))
+    low = np.einsum("ij,j->i", floored, tables.alpha_low)
+    high = np.einsum("ij,j->i", floored, tables.alpha_high)
     out[:, LLD_INDEX["alpha_ratio_db"]] = 10.0 * np.log10(high / low)
     out[:, LLD_INDEX["hammarberg_db"]] = 10.0 * np.log10(
         floored[:, tables.hamm_low].max(axis=1) / floored[:, tables.hamm_high].max(axis=1)
     )
 
-    mel = power @ tables.mel_fb_t  # (n, n_mels)
+    mel = np.einsum("ij,jk->ik", power, tables.mel_fb_t)  # (n, n_mels)
     out[:, LLD_INDEX["loudness"]] = (mel**0.3).sum(axis=1)
     log_mel = 10.0 * np.log10(np.maximum(mel, _POWER_FLOOR))
     first = LLD_INDEX["mfcc0"]
-    out[:, first : first + N_MFCC] = log_mel @ tables.dct_t
+    out[:, first : first + N_MFCC] = np.einsum("ij,jk->ik", log_mel, tables.dct_t)
     return out
 
 
@@ -250,56 +269,48 @@ def _yin(
     x: NDArray[np.float32], tables: _Tables, params: FeatureParams
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
     """YIN F0 (Hz), voicing (0..1) and HNR (dB) of (n, frame_length) DC-free frames."""
-    n_frames, n = x.shape
+    n = x.shape[1]
     tau_min, tau_max = tables.tau_min, tables.tau_max
-    n_lags = tau_max + 2  # lags 0 .. tau_max + 1, so every candidate has a right neighbour
-    spec = np.fft.rfft(x, n=tables.n_fft_acf, axis=1)
-    acf = np.fft.irfft(spec.real**2 + spec.imag**2, n=tables.n_fft_acf, axis=1)[:, :n_lags]
+    lags = tables.lags  # 0 .. tau_max + 1, so every candidate has a right neighbour
+    spec = scipy.fft.rfft(x, n=tables.n_fft_acf, axis=1)
+    acf = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=tables.n_fft_acf, axis=1)
+    acf = acf[:, : lags.size]
 
-    # E_head(tau) = sum_{j < n - tau} x_j^2, E_tail(tau) = sum_{j >= tau} x_j^2
-    csum = np.cumsum(x * x, axis=1)
-    total = csum[:, -1:]
-    lags = np.arange(n_lags)
-    e_head = np.concatenate([total, csum[:, n - 1 - lags[1:]]], axis=1)
-    e_tail = np.concatenate([total, total - csum[:, lags[1:] - 1]], axis=1)
-    diff = np.maximum(e_head + e_tail - 2.0 * acf, 0.0) / (n - lags).astype(np.float32)
+    # energies of the two overlapping parts at each lag:
+    # head(tau) = sum_{j < n - tau} x_j^2, tail(tau) = sum_{j >= tau} x_j^2
+    csum = np.zeros((x.shape[0], n + 1), dtype=np.float32)
+    np.cumsum(x * x, axis=1, out=csum[:, 1:])
+    total = csum[:, n : n + 1]
+    e_head = csum[:, n - lags]
+    e_tail = total - csum[:, lags]
+    diff = np.maximum(e_head + e_tail - 2.0 * acf, 0.0) * tables.inv_overlap
 
-    running = np.cumsum(diff[:, 1:], axis=1)
+    # CMND(tau) = diff(tau) tau / sum_{k=1..tau} diff(k); the epsilon turns an all-zero
+    # (silent) frame into CMND = 1, i.e. aperiodic, without a branch
+    eps = total * 1e-10 + 1e-30
     cmnd = np.ones_like(diff)
-    safe = running > 1e-20 * np.maximum(total, 1e-30)
-    cmnd[:, 1:] = np.where(safe, diff[:, 1:] * lags[1:] / np.where(safe, running, 1.0), 1.0)
+    cmnd[:, 1:] = (diff[:, 1:] * tables.lags_f32[1:] + eps) / (np.cumsum(diff[:, 1:], axis=1) + eps)
 
     search = cmnd[:, tau_min - 1 : tau_max + 2]  # lags tau_min-1 .. tau_max+1
     centre = search[:, 1:-1]
-    is_trough = (centre < search[:, :-2]) & (centre <= search[:, 2:])
-    below = is_trough & (centre < params.yin_threshold)
-    has_below = below.any(axis=1)
-    best = np.where(has_below, below.argmax(axis=1), centre.argmin(axis=1)) + tau_min
+    below = (centre < search[:, :-2]) & (centre <= search[:, 2:])  # troughs ...
+    below &= centre < params.yin_threshold  # ... under the threshold
+    best = np.where(below.any(axis=1), below.argmax(axis=1), centre.argmin(axis=1)) + tau_min
+    around = best[:, None] + np.arange(-1, 2)  # (n_frames, 3): best - 1, best, best + 1
 
-    rows = np.arange(n_frames)
-    left = cmnd[rows, best - 1]
-    mid = cmnd[rows, best]
-    right = cmnd[rows, best + 1]
-    curvature = left - 2.0 * mid + right
-    shift = np.where(
-        curvature > 0, 0.5 * (left - right) / np.where(curvature > 0, curvature, 1.0), 0.0
-    )
-    shift = np.clip(shift, -1.0, 1.0)
-    trough = mid - 0.25 * (left - right) * shift
+    left, mid, right = np.take_along_axis(cmnd, around, axis=1).T
+    shift, trough = _parabola(left, mid, right)
     voicing = np.clip(1.0 - trough, 0.0, 1.0)
     f0_hz = params.sample_rate_hz / (best + shift)
 
-    ncc_all = acf / np.sqrt(np.maximum(e_head * e_tail, 1e-30))
-    n_left = ncc_all[rows, best - 1]
-    n_mid = ncc_all[rows, best]
-    n_right = ncc_all[rows, best + 1]
-    ncc_curv = n_left - 2.0 * n_mid + n_right
-    ncc_shift = np.where(
-        ncc_curv < 0,
-        np.clip(0.5 * (n_left - n_right) / np.where(ncc_curv < 0, ncc_curv, 1.0), -1.0, 1.0),
-        0.0,
+    # Boersma's r: correlation of the two overlapping parts, peak-interpolated
+    ncc = np.take_along_axis(acf, around, axis=1) / np.sqrt(
+        np.maximum(
+            np.take_along_axis(e_head, around, axis=1) * np.take_along_axis(e_tail, around, axis=1),
+            1e-30,
+        )
     )
-    r = n_mid - 0.25 * (n_left - n_right) * ncc_shift
+    _, r = _parabola(*ncc.T)
     lo = 10.0 ** (_HNR_MIN_DB / 10.0)
     hi = 10.0 ** (_HNR_MAX_DB / 10.0)
     r = np.clip(r, lo / (1.0 + lo), hi / (1.0 + hi))
@@ -309,3 +320,18 @@ def _yin(
         voicing.astype(np.float32),
         hnr_db.astype(np.float32),
     )
+
+
+def _parabola(
+    left: NDArray[np.float32], mid: NDArray[np.float32], right: NDArray[np.float32]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Vertex (offset in -1..1, value) of the parabola through three equally spaced points.
+
+    Where the points do not bend (zero curvature) the middle point is kept.
+    """
+    curvature = left - 2.0 * mid + right
+    bent = np.abs(curvature) > 1e-12
+    shift = np.clip(0.5 * (left - right) / np.where(bent, curvature, 1.0), -1.0, 1.0)
+    shift = np.where(bent, shift, 0.0)
+    vertex = mid - 0.25 * (left - right) * shift
+    return shift.astype(np.float32), vertex.astype(np.float32)

@@ -35,8 +35,10 @@ fresh leg is the honest way to say the audio format changed.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import uuid
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Final
 
@@ -53,7 +55,7 @@ from emotion_engine.ingest.base import (
     ProtocolViolation,
 )
 
-__all__ = ["KIND_RATES", "AudioSocketSession", "Kind", "encode_message"]
+__all__ = ["KIND_RATES", "AudioSocketProtocol", "AudioSocketSession", "Kind", "encode_message"]
 
 _HEADER: Final = struct.Struct("!BH")
 MAX_PAYLOAD: Final = 0xFFFF
@@ -256,3 +258,37 @@ class AudioSocketSession:
             out.append(LegEnded(self.call_id, self.party, reason=reason))
         out.append(Close(reason=reason))
         return out
+
+
+class AudioSocketProtocol(asyncio.Protocol):
+    """Thin asyncio adapter: one :class:`AudioSocketSession` per TCP connection; every
+    non-empty output list goes to ``on_output``; a ``Close`` output closes the socket.
+
+    ``await loop.create_server(lambda: AudioSocketProtocol(cb), "0.0.0.0", 9092)``
+    """
+
+    def __init__(
+        self, on_output: Callable[[list[IngestOutput]], None], *, party: str = "customer"
+    ) -> None:
+        self.session = AudioSocketSession(party=party)
+        self.on_output = on_output
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._emit(self.session.receive_data(data))
+
+    def eof_received(self) -> bool | None:
+        return None  # let the transport close; connection_lost ends the leg
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._emit(self.session.connection_lost())
+
+    def _emit(self, out: list[IngestOutput]) -> None:
+        if not out:
+            return
+        self.on_output(out)
+        if self._transport is not None and any(isinstance(o, Close) for o in out):
+            self._transport.close()

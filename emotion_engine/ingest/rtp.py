@@ -18,8 +18,11 @@ RTCP multiplexed on the RTP port (RFC 5761: second byte 192-223) is ignored.
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -39,6 +42,7 @@ from emotion_engine.ingest.jitter import JitterBuffer, JitterStats
 
 __all__ = [
     "PAYLOAD_CODECS",
+    "RtpDatagramProtocol",
     "RtpExtension",
     "RtpIngest",
     "RtpPacket",
@@ -444,6 +448,57 @@ class RtpIngest:
         while len(self._ended_stats) > 256:
             self._ended_stats.popitem(last=False)
         return out
+
+
+class RtpDatagramProtocol(asyncio.DatagramProtocol):
+    """Thin asyncio adapter: feeds an :class:`RtpIngest` from a UDP endpoint, polls it
+    every ``poll_interval_s`` for timeouts, and hands every non-empty output list to
+    ``on_output``. Closing the transport ends all legs (reason ``"shutdown"``).
+
+    ``loop.create_datagram_endpoint(lambda: RtpDatagramProtocol(ingest, cb),
+    local_addr=("0.0.0.0", 4000))``
+    """
+
+    def __init__(
+        self,
+        ingest: RtpIngest,
+        on_output: Callable[[list[IngestOutput]], None],
+        *,
+        poll_interval_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ingest = ingest
+        self.on_output = on_output
+        self.poll_interval_s = poll_interval_s
+        self.clock = clock
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._schedule_poll()
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._emit(self.ingest.receive_datagram(data, addr, self.clock()))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (e.g. port unreachable) say nothing about the inbound media.
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._emit(self.ingest.close())
+
+    def _schedule_poll(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.poll_interval_s, self._poll)
+
+    def _poll(self) -> None:
+        self._emit(self.ingest.poll(self.clock()))
+        self._schedule_poll()
+
+    def _emit(self, out: list[IngestOutput]) -> None:
+        if out:
+            self.on_output(out)
 
 
 def _peer(addr: Address) -> tuple[str, int]:

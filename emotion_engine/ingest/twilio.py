@@ -211,6 +211,9 @@ class TwilioMediaSession:
         if self._next_seq is not None:
             if seq < self._next_seq:
                 self.stats.late += 1
+                if msg.get("event") == "start" and self.call_id is None:
+                    # Without it nothing else can be decoded: better late than never.
+                    return self._process(msg)
                 return [ProtocolViolation(f"twilio: message {seq} arrived too late; dropped")]
             if seq > self._next_seq + _MAX_SEQ_JUMP:
                 # Trusting a wild jump would make every later (sane) number look stale.

@@ -76,7 +76,7 @@ def packets_of(pcm: np.ndarray) -> list[np.ndarray]:
 def ones_complement_sum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
@@ -108,7 +108,7 @@ def udp_frame(payload: bytes, src: tuple[str, int], dst: tuple[str, int], ip_id:
     )
     ip_checksum = 0xFFFF - ones_complement_sum(ip_header)
     ip_header = ip_header[:10] + struct.pack("!H", ip_checksum) + ip_header[12:]
-    ethernet = bytes.fromhex("020000000002" "020000000001") + struct.pack("!H", 0x0800)
+    ethernet = bytes.fromhex("020000000002020000000001") + struct.pack("!H", 0x0800)
     return ethernet + ip_header + udp_header + payload
 
 
@@ -143,14 +143,20 @@ def rtp_stream(frames: list[np.ndarray], *, pt: int, ssrc: int) -> list[bytes]:
 
 def rtcp_sender_report(ssrc: int, rtp_ts: int, n_packets: int) -> bytes:
     # V=2, no report blocks, PT=200 (SR), length 6 words; NTP time is arbitrary here.
-    return struct.pack("!BBHIIIIII", 0x80, 200, 6, ssrc, 0xE8E8E8E8, 0, rtp_ts, n_packets, 0)
+    return struct.pack(
+        "!BBHIIIIII", 0x80, 200, 6, ssrc, 0xE8E8E8E8, 0, rtp_ts & 0xFFFFFFFF, n_packets, 0
+    )
 
 
 def telephone_event(seq: int, ts: int, event: int, duration: int, end: bool) -> bytes:
     payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, duration)
     return RtpPacket(
-        payload_type=101, sequence=seq & 0xFFFF, timestamp=ts & 0xFFFFFFFF, ssrc=SSRC_A,
-        payload=payload, marker=duration == PACKET_SAMPLES,
+        payload_type=101,
+        sequence=seq & 0xFFFF,
+        timestamp=ts & 0xFFFFFFFF,
+        ssrc=SSRC_A,
+        payload=payload,
+        marker=duration == PACKET_SAMPLES,
     ).serialize()
 
 
@@ -159,7 +165,9 @@ def make_rtp() -> None:
     out_dir.mkdir(exist_ok=True)
     angry = packets_of(read_int16(ANGRY_CLIP))
     clean = rtp_stream(angry, pt=0, ssrc=SSRC_A)
-    write_pcap(out_dir / "pcmu_8k_angry.pcap", [(i * 0.02, p, SENDER_A) for i, p in enumerate(clean)])
+    write_pcap(
+        out_dir / "pcmu_8k_angry.pcap", [(i * 0.02, p, SENDER_A) for i, p in enumerate(clean)]
+    )
 
     n_a = 100  # 2 s of leg A
     dropped = [10, 11, 70]
@@ -175,7 +183,10 @@ def make_rtp() -> None:
         if i in dtmf_packets:
             k = i - dtmf_packets[0]
             payload = telephone_event(
-                SEQ0 + i, TS0 + dtmf_packets[0] * PACKET_SAMPLES, 5, (k + 1) * PACKET_SAMPLES,
+                SEQ0 + i,
+                TS0 + dtmf_packets[0] * PACKET_SAMPLES,
+                5,
+                (k + 1) * PACKET_SAMPLES,
                 end=i == dtmf_packets[-1],
             )
         else:
@@ -188,7 +199,9 @@ def make_rtp() -> None:
         if i in duplicated:
             records.append((duplicated[i] * 0.02 + 0.0012, payload, SENDER_A))
     for i in (25, 75):
-        records.append((i * 0.02 + 0.005, rtcp_sender_report(SSRC_A, TS0 + i * PACKET_SAMPLES, i), SENDER_A))
+        records.append(
+            (i * 0.02 + 0.005, rtcp_sender_report(SSRC_A, TS0 + i * PACKET_SAMPLES, i), SENDER_A)
+        )
 
     neutral = packets_of(read_int16(NEUTRAL_CLIP))[:50]
     leg_b = rtp_stream(neutral, pt=8, ssrc=SSRC_B)
@@ -198,8 +211,13 @@ def make_rtp() -> None:
     junk = [
         (0.101, b"\x80\x00\x00", "too short"),
         (0.201, bytes([0x40]) + clean[3][1:], "version 1"),
-        (0.301, RtpPacket(payload_type=18, sequence=1, timestamp=0, ssrc=0x0BAD0BAD,
-                          payload=bytes(20)).serialize(), "payload type 18 (G.729)"),
+        (
+            0.301,
+            RtpPacket(
+                payload_type=18, sequence=1, timestamp=0, ssrc=0x0BAD0BAD, payload=bytes(20)
+            ).serialize(),
+            "payload type 18 (G.729)",
+        ),
         (0.401, bytes([0x8F]) + clean[3][1:20], "CSRC count beyond the data"),
     ]
     records.extend((t, p, junk_src) for t, p, _ in junk)
@@ -212,7 +230,12 @@ def make_rtp() -> None:
         "seq0": SEQ0,
         "ts0": TS0,
         "leg_a": {"ssrc": SSRC_A, "remote": "10.0.0.1:40000", "codec": "PCMU", "n_packets": n_a},
-        "leg_b": {"ssrc": SSRC_B, "remote": "10.0.0.3:40002", "codec": "PCMA", "n_packets": len(leg_b)},
+        "leg_b": {
+            "ssrc": SSRC_B,
+            "remote": "10.0.0.3:40002",
+            "codec": "PCMA",
+            "n_packets": len(leg_b),
+        },
         "dropped": dropped,
         "duplicated": sorted(duplicated),
         "swapped": swapped,

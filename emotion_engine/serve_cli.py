@@ -1,0 +1,144 @@
+"""``emotion-engine serve`` and ``emotion-engine mic``: argument parsing and the asyncio main."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from emotion_engine.config import ServeParams, load_serve_params
+
+log = logging.getLogger(__name__)
+
+DEMO_CALL = Path(__file__).parent / "data" / "demo_call.flac"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ServeParams()
+    parser.add_argument("--host", default=None, help=f"listen address (default {d.host}; anything but loopback needs --token)")
+    parser.add_argument("--port", type=int, default=None, help=f"HTTP/websocket port, 0 = any free one (default {d.port})")
+    parser.add_argument("--rtp-port", type=int, default=None, help=f"UDP port for RTP, 0 = any, -1 = off (default {d.rtp_port})")
+    parser.add_argument(
+        "--audiosocket-port", type=int, default=None, help=f"TCP port for Asterisk AudioSocket, 0 = any, -1 = off (default {d.audiosocket_port})"
+    )
+    parser.add_argument("--model", default=None, metavar="PATH", help="model directory or .onnx (default: the shipped model)")
+    parser.add_argument("--config", default=None, metavar="FILE", help="TOML config file; keys as the long options with _ (e.g. rtp_port = 40000)")
+    parser.add_argument("--token", default=None, help="bearer token required from subscribers and ingest (env EMOTION_ENGINE_TOKEN)")
+    parser.add_argument("--audiohook-api-key", default=None, help="X-API-KEY expected from Genesys AudioHook (default: the token)")
+    parser.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS/WSS with this certificate chain")
+    parser.add_argument("--tls-key", default=None, metavar="PEM", help="private key for --tls-cert")
+    parser.add_argument("--rtp-leg-timeout-s", type=float, default=None, help=f"end an RTP leg after this much network silence (default {d.rtp_leg_timeout_s})")
+    parser.add_argument("--demo", action="store_true", help="stream the bundled demo call into the server over the L16 websocket, in real time, and print cues")
+    parser.add_argument("--quiet", action="store_true", help="no console cues (events still go to subscribers)")
+
+
+def params_from_args(args: argparse.Namespace) -> ServeParams:
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "rtp_port": args.rtp_port,
+        "audiosocket_port": args.audiosocket_port,
+        "model": args.model,
+        "token": args.token,
+        "audiohook_api_key": args.audiohook_api_key,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "rtp_leg_timeout_s": args.rtp_leg_timeout_s,
+    }
+    return load_serve_params(config_file=args.config, overrides=overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    params = params_from_args(args)
+    return asyncio.run(serve_main(params, demo=args.demo, quiet=args.quiet))
+
+
+async def _stream_demo(server: Any, params: ServeParams) -> None:
+    from emotion_engine.audio.io import read_audio
+    from emotion_engine.audio.pcm import float32_to_int16
+    from emotion_engine.clients import stream_l16
+
+    samples, rate = read_audio(DEMO_CALL)
+    url = server.addresses.urls()["l16"]
+    print(f"demo: streaming {DEMO_CALL.name} ({samples.shape[1] / rate:.0f} s, stereo) to {url} in real time", flush=True)
+    await stream_l16(
+        url, pcm=float32_to_int16(samples), sample_rate=rate, call_id="demo-call", token=params.token or None
+    )
+    print("demo: call finished; the server keeps running (Ctrl-C to stop)", flush=True)
+
+
+async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = False) -> int:
+    from emotion_engine.engine.pipeline import Engine
+    from emotion_engine.engine.service import EngineService
+    from emotion_engine.model.runtime import DEFAULT_MODEL_DIR, EmotionModel
+    from emotion_engine.publish.console import CueFormatter
+    from emotion_engine.publish.hub import EventHub
+    from emotion_engine.server import EngineServer
+
+    model = EmotionModel.load(Path(params.model) if params.model else DEFAULT_MODEL_DIR)
+    service = EngineService(
+        engine=Engine(model=model),
+        hub=EventHub(replay_events=params.replay_events, max_queue=params.subscriber_queue),
+        tick_s=params.tick_s,
+    )
+    if not quiet:
+        cues = CueFormatter()
+
+        def show(event: dict[str, Any]) -> None:
+            line = cues.format(event)
+            if line:
+                print(line, flush=True)
+
+        service.add_listener(show)
+    server = EngineServer(params=params, service=service)
+    addresses = await server.start()
+    print(f"emotion-engine serving with model {model.onnx_path.name} ({', '.join(model.labels)})", flush=True)
+    for name, url in addresses.urls().items():
+        print(f"  {name:<12} {url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    demo_task = loop.create_task(_stream_demo(server, params)) if demo else None
+    await stop.wait()
+    print("shutting down: ending open calls", flush=True)
+    if demo_task is not None and not demo_task.done():
+        demo_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await demo_task
+    await server.stop()
+    return 0
+
+
+def add_mic_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="input device index or name (default: the system default)")
+    parser.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")
+    parser.add_argument("--party", default="customer", choices=("customer", "agent"), help="party the microphone speaks for")
+    parser.add_argument("--sample-rate", type=int, default=16000, help="capture rate in Hz (default 16000)")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    parser.add_argument("--model", default=None, metavar="PATH", help="model directory or .onnx")
+    parser.add_argument("--out", type=Path, default=None, help="also write events as JSON lines to FILE")
+
+
+def cmd_mic(args: argparse.Namespace) -> int:
+    from emotion_engine.ingest.mic import MicError, list_input_devices, run_mic
+
+    try:
+        if args.list_devices:
+            devices = list_input_devices()
+            if not devices:
+                print("no audio input devices found", file=sys.stderr)
+                return 1
+            for index, name, channels, rate in devices:
+                print(f"{index:>3}  {name}  ({channels} ch, default {rate:.0f} Hz)")
+            return 0
+        return asyncio.run(run_mic(args))
+    except MicError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,408 @@
+"""``emotion-engine serve``: thin asyncio adapters around the sans-I/O cores.
+
+One HTTP/websocket listener (``--port``) carries:
+
+- ``/v1/events``: subscribers (filters ``call_id``, ``party``, ``type``; ``since=SEQ``)
+- ``/v1/media/twilio``, ``/v1/media/audiohook``, ``/v1/media/l16``: media websockets
+- ``/v1/control``: JSON commands, e.g. naming an RTP leg before or after its first packet
+- ``GET /healthz`` and ``GET /metrics`` (Prometheus)
+
+plus RTP on UDP ``--rtp-port`` and Asterisk AudioSocket on TCP ``--audiosocket-port``.
+Every adapter feeds bytes to its protocol core and hands the outputs to
+:class:`EngineService`; replies go back to the peer; nothing here parses audio.
+
+Authentication: with a token configured, websockets need ``Authorization: Bearer
+TOKEN`` (or ``?token=TOKEN`` for browsers, which cannot set headers); AudioHook
+presents ``X-API-KEY``. Without a token the server refuses any non-loopback host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import ipaddress
+import json
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from emotion_engine import __version__
+from emotion_engine.config import ServeParams
+from emotion_engine.engine.service import EngineService
+from emotion_engine.errors import ConfigError
+from emotion_engine.ingest.audiohook import AudioHookSession
+from emotion_engine.ingest.audiosocket import AudioSocketSession
+from emotion_engine.ingest.base import Close, IngestOutput, ProtocolViolation, Reply
+from emotion_engine.ingest.l16 import L16Session
+from emotion_engine.ingest.rtp import RtpIngest
+from emotion_engine.ingest.twilio import TwilioMediaSession
+from emotion_engine.publish.events import to_json
+from emotion_engine.publish.hub import EventFilter
+
+log = logging.getLogger(__name__)
+
+RTP_POLL_S = 0.5
+
+
+class _MediaSession(Protocol):
+    def receive_text(self, text: str) -> list[IngestOutput]: ...
+    def receive_bytes(self, data: bytes) -> list[IngestOutput]: ...
+    def connection_lost(self) -> list[IngestOutput]: ...
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    """Where the server actually listens (ports chosen by the OS when 0 was asked)."""
+
+    host: str
+    port: int
+    rtp_port: int | None
+    audiosocket_port: int | None
+    scheme: str
+
+    def urls(self) -> dict[str, str]:
+        ws = "wss" if self.scheme == "https" else "ws"
+        base = f"{self.host}:{self.port}"
+        out = {
+            "events": f"{ws}://{base}/v1/events",
+            "twilio": f"{ws}://{base}/v1/media/twilio",
+            "audiohook": f"{ws}://{base}/v1/media/audiohook",
+            "l16": f"{ws}://{base}/v1/media/l16",
+            "control": f"{ws}://{base}/v1/control",
+            "health": f"{self.scheme}://{base}/healthz",
+            "metrics": f"{self.scheme}://{base}/metrics",
+        }
+        if self.rtp_port is not None:
+            out["rtp"] = f"udp://{self.host}:{self.rtp_port}"
+        if self.audiosocket_port is not None:
+            out["audiosocket"] = f"tcp://{self.host}:{self.audiosocket_port}"
+        return out
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, core: RtpIngest, service: EngineService) -> None:
+        self.core = core
+        self.service = service
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = self.core.receive_datagram(data, (str(addr[0]), int(addr[1])), loop.time())
+        except Exception:  # noqa: BLE001 - a packet must never take the listener down
+            log.exception("rtp: packet from %s:%s could not be handled", addr[0], addr[1])
+            self.service.metrics.protocol_error("rtp")
+            return
+        self.service.submit(outputs, source="rtp")
+
+    def error_received(self, exc: Exception) -> None:
+        log.warning("rtp socket error: %s", exc)
+
+
+class _AudioSocketProtocol(asyncio.Protocol):
+    def __init__(self, service: EngineService, party: str) -> None:
+        self.service = service
+        self.core = AudioSocketSession(party=party)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            outputs = self.core.receive_data(data)
+        except Exception:  # noqa: BLE001
+            log.exception("audiosocket: input could not be handled; closing")
+            self.service.metrics.protocol_error("audiosocket")
+            outputs = [*self.core.connection_lost(), Close(1011, "internal error")]
+        self.service.submit(outputs, source="audiosocket")
+        if any(isinstance(o, Close) for o in outputs) and self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.service.submit(self.core.connection_lost(), source="audiosocket")
+
+
+class EngineServer:
+    """All listeners of one ``serve`` process around one :class:`EngineService`."""
+
+    def __init__(self, *, params: ServeParams, service: EngineService) -> None:
+        if not params.token and not is_loopback(params.host):
+            raise ConfigError(
+                f"refusing to listen on {params.host} without a token: set --token, "
+                "EMOTION_ENGINE_TOKEN or 'token' in the config file (or use 127.0.0.1)"
+            )
+        if bool(params.tls_cert) != bool(params.tls_key):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        self.params = params
+        self.service = service
+        self.rtp = RtpIngest(leg_timeout_s=params.rtp_leg_timeout_s, party=params.rtp_party)
+        self._ws: WsServer | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._subscriber_tasks: set[asyncio.Task[None]] = set()
+        self.addresses: Addresses | None = None
+        service.metrics.counter_fn(
+            "emotion_engine_rtp_packets_lost_total",
+            "RTP packets missing at playout (concealed), all legs.",
+            self._rtp_lost,
+        )
+
+    def _rtp_lost(self) -> float:
+        return float(self.rtp.packets_lost_total())
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> Addresses:
+        p = self.params
+        loop = asyncio.get_running_loop()
+        ssl_ctx = None
+        if p.tls_cert:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(p.tls_cert, p.tls_key)
+        self.service.start()
+        self._ws = await serve(
+            self._handle,
+            p.host,
+            p.port,
+            process_request=self._process_request,
+            ssl=ssl_ctx,
+            max_size=p.max_message_bytes,
+            server_header=f"emotion-engine/{__version__}",
+        )
+        port = self._ws.sockets[0].getsockname()[1]
+        rtp_port = None
+        if p.rtp_port >= 0:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _RtpProtocol(self.rtp, self.service), local_addr=(p.host, p.rtp_port)
+            )
+            self._udp = transport
+            rtp_port = transport.get_extra_info("sockname")[1]
+            self._poller = loop.create_task(self._poll_rtp(), name="rtp-timeouts")
+        as_port = None
+        if p.audiosocket_port >= 0:
+            self._tcp = await loop.create_server(
+                lambda: _AudioSocketProtocol(self.service, "customer"), p.host, p.audiosocket_port
+            )
+            as_port = self._tcp.sockets[0].getsockname()[1]
+        self.addresses = Addresses(
+            host=p.host,
+            port=port,
+            rtp_port=rtp_port,
+            audiosocket_port=as_port,
+            scheme="https" if ssl_ctx else "http",
+        )
+        if not p.token:
+            log.warning("no token configured: listening on loopback %s only, without authentication", p.host)
+        return self.addresses
+
+    async def stop(self) -> None:
+        """Stop accepting, end every open leg (call.end reason shutdown), deliver those
+        events to connected subscribers, then close."""
+        if self._poller is not None:
+            self._poller.cancel()
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        self.service.submit(self.rtp.close("shutdown"), source="rtp")
+        await self.service.stop()
+        await asyncio.sleep(0.2)  # let subscriber tasks flush the final events
+        if self._ws is not None:
+            self._ws.close()
+            await self._ws.wait_closed()
+
+    async def _poll_rtp(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(RTP_POLL_S)
+            self.service.submit(self.rtp.poll(loop.time()), source="rtp")
+
+    # -- HTTP and auth --------------------------------------------------------------
+
+    def _authorized(self, request: Request) -> bool:
+        token = self.params.token
+        if not token:
+            return True
+        header = request.headers.get("Authorization", "")
+        query = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
+        presented = header[7:] if header.lower().startswith("bearer ") else query
+        return bool(presented) and hmac.compare_digest(presented.encode(), token.encode())
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            body = json.dumps(
+                {"status": "ok", "version": __version__, "legs_active": self.service.active_legs}
+            )
+            return _response(connection, http.HTTPStatus.OK, body, "application/json")
+        if path == "/metrics":
+            if not self._authorized(request):
+                return self._reject(connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+            return _response(connection, http.HTTPStatus.OK, self.service.metrics.render(), "text/plain; version=0.0.4")
+        if path not in _ROUTES:
+            return self._reject(connection, http.HTTPStatus.NOT_FOUND, f"no such path {path}")
+        if path == "/v1/media/audiohook" and self._audiohook_key():
+            return None  # AudioHook authenticates with X-API-KEY in its own core
+        if not self._authorized(request):
+            return self._reject(connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+        return None
+
+    def _reject(self, connection: ServerConnection, status: http.HTTPStatus, why: str) -> Response:
+        self.service.metrics.rejected(status.phrase.lower().replace(" ", "_"))
+        log.warning("rejected %s: %s", connection.remote_address, why)
+        return _response(connection, status, json.dumps({"error": why}), "application/json")
+
+    def _audiohook_key(self) -> str | None:
+        return self.params.audiohook_api_key or self.params.token or None
+
+    # -- websockets -----------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        path = urlsplit(ws.request.path).path
+        handler = _ROUTES[path]
+        try:
+            await handler(self, ws)
+        except ConnectionClosed:
+            pass
+        except Exception:  # noqa: BLE001 - one connection never takes the server down
+            log.exception("%s: connection failed", path)
+            await ws.close(1011, "internal error")
+
+    async def _events(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        query = parse_qs(urlsplit(ws.request.path).query)
+        try:
+            since = int(query["since"][0]) if "since" in query else None
+        except ValueError:
+            await ws.close(1008, "since must be an integer seq")
+            return
+        wake = asyncio.Event()
+        sub = self.service.hub.subscribe(
+            event_filter=EventFilter.from_query(query), since=since, wake=wake.set
+        )
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(_discard_incoming(ws))
+        try:
+            while True:
+                waiter = loop.create_task(wake.wait())
+                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader.done():  # the subscriber went away
+                    waiter.cancel()
+                    return
+                wake.clear()
+                for event in sub.drain():
+                    if event.get("type") == "events.lost":
+                        self.service.metrics.events_dropped_total += int(event["count"])
+                    await ws.send(to_json(event))
+                    self.service.metrics.events_sent_total += 1
+        finally:
+            self.service.hub.unsubscribe(sub)
+            reader.cancel()
+
+    async def _media(self, ws: ServerConnection, session: _MediaSession, source: str) -> None:
+        try:
+            async for message in ws:
+                if isinstance(message, str):
+                    outputs = session.receive_text(message)
+                else:
+                    outputs = session.receive_bytes(message)
+                if await self._deliver(ws, outputs, source):
+                    return
+        finally:
+            self.service.submit(session.connection_lost(), source=source)
+
+    async def _deliver(self, ws: ServerConnection, outputs: list[IngestOutput], source: str) -> bool:
+        """Submit outputs; send replies; returns True when the session must close."""
+        self.service.submit(outputs, source=source)
+        for out in outputs:
+            if isinstance(out, Reply):
+                await ws.send(out.data)
+            elif isinstance(out, Close):
+                await ws.close(out.code, out.reason)
+                return True
+        return False
+
+    async def _twilio(self, ws: ServerConnection) -> None:
+        await self._media(ws, TwilioMediaSession(max_message_bytes=self.params.max_message_bytes), "twilio")
+
+    async def _l16(self, ws: ServerConnection) -> None:
+        await self._media(ws, L16Session(max_message_bytes=self.params.max_message_bytes), "l16")
+
+    async def _audiohook(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        session = AudioHookSession(api_key=self._audiohook_key())
+        headers = {k: v for k, v in ws.request.headers.raw_items()}
+        if await self._deliver(ws, session.authenticate(headers), "audiohook"):
+            return
+        await self._media(ws, session, "audiohook")
+
+    async def _control(self, ws: ServerConnection) -> None:
+        """JSON commands. ``{"action": "name_rtp_leg", "remote": "HOST:PORT", "ssrc": N,
+        "call_id": "...", "party": "customer"}`` names an RTP leg (before or after its
+        first packet); ``{"action": "end_rtp_leg", "remote": ..., "ssrc": N}`` ends it."""
+        async for message in ws:
+            try:
+                cmd = json.loads(message)
+                host, _, port = str(cmd["remote"]).rpartition(":")
+                addr = (host, int(port))
+                ssrc = int(cmd["ssrc"])
+                if cmd.get("action") == "name_rtp_leg":
+                    outputs = self.rtp.name_leg(addr, ssrc, str(cmd["call_id"]), str(cmd.get("party", self.params.rtp_party)))
+                elif cmd.get("action") == "end_rtp_leg":
+                    outputs = self.rtp.end_leg(addr, ssrc, str(cmd.get("reason", "hangup")))
+                else:
+                    raise ValueError(f"unknown action {cmd.get('action')!r}")
+            except (ValueError, KeyError, TypeError) as exc:
+                self.service.metrics.protocol_error("control")
+                await ws.send(json.dumps({"ok": False, "error": f"bad control message: {exc}"}))
+                continue
+            self.service.submit(outputs or [], source="rtp")
+            errors = [o.message for o in outputs or [] if isinstance(o, ProtocolViolation)]
+            await ws.send(json.dumps({"ok": not errors, "error": "; ".join(errors) or None}))
+
+
+async def _discard_incoming(ws: ServerConnection) -> None:
+    """Subscribers send nothing we need; reading keeps pings answered and sees the close."""
+    async for _ in ws:
+        pass
+
+
+def _response(connection: ServerConnection, status: http.HTTPStatus, body: str, content_type: str) -> Response:
+    response = connection.respond(status, body)
+    response.headers = Headers(
+        [(k, v) for k, v in response.headers.raw_items() if k.lower() != "content-type"]
+        + [("Content-Type", content_type)]
+    )
+    return response
+
+
+_Handler = Callable[[EngineServer, ServerConnection], Any]
+_ROUTES: dict[str, _Handler] = {
+    "/v1/events": EngineServer._events,
+    "/v1/media/twilio": EngineServer._twilio,
+    "/v1/media/l16": EngineServer._l16,
+    "/v1/media/audiohook": EngineServer._audiohook,
+    "/v1/control": EngineServer._control,
+}
