@@ -363,3 +363,37 @@ def test_parse_duration(text: str, seconds: float) -> None:
 @pytest.mark.parametrize("text", ["1.2S", "PT", "P", "PTS", "PT-1S", "PT1.S", ""])
 def test_parse_duration_rejects(text: str) -> None:
     assert parse_duration(text) is None
+
+
+WEIRD: list[Any] = [None, True, -1, 10**30, 1.5, "", "x", [], {}, [1], {"a": 1}, "PT-1S"]
+
+
+def mutate(obj: Any, rng: np.random.Generator) -> Any:
+    """Drop keys and swap values for wrongly typed ones, at every depth."""
+    if isinstance(obj, dict):
+        out = {k: mutate(v, rng) for k, v in obj.items() if rng.random() > 0.1}
+        for key in out:
+            if rng.random() < 0.15:
+                out[key] = WEIRD[rng.integers(len(WEIRD))]
+        return out
+    if isinstance(obj, list):
+        return [mutate(v, rng) for v in obj]
+    return obj
+
+
+def test_mutated_messages_and_frames_never_raise() -> None:
+    rng = np.random.default_rng(11)
+    lines = load("stereo_pcmu.jsonl")
+    for _ in range(200):
+        session = AudioHookSession(api_key=None)
+        for line in lines[1:]:
+            if "client" in line:
+                msg = json.loads(line["client"])
+                out = session.receive_text(json.dumps(mutate(msg, rng)))
+            elif "client_binary" in line:
+                data = base64.b64decode(line["client_binary"])
+                out = session.receive_bytes(data[: int(rng.integers(len(data) + 1))])
+            else:
+                continue
+            assert all(isinstance(o, IngestOutput) for o in out)
+        session.connection_lost()

@@ -265,11 +265,9 @@ def test_asyncio_adapter_over_loopback_tcp() -> None:
             if any(isinstance(o, Close) for o in out):
                 closed.set()
 
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-        server.close()  # only used to learn nothing; the real server follows
         loop = asyncio.get_running_loop()
-        server2 = await loop.create_server(lambda: AudioSocketProtocol(on_output), "127.0.0.1", 0)
-        port = server2.sockets[0].getsockname()[1]
+        server = await loop.create_server(lambda: AudioSocketProtocol(on_output), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for start in range(0, len(blob), 1000):  # arbitrary TCP segmentation
             writer.write(blob[start : start + 1000])
@@ -277,8 +275,8 @@ def test_asyncio_adapter_over_loopback_tcp() -> None:
         await asyncio.wait_for(closed.wait(), timeout=10)
         assert await asyncio.wait_for(reader.read(), timeout=10) == b""  # server closed it
         writer.close()
-        server2.close()
-        await server2.wait_closed()
+        server.close()
+        await server.wait_closed()
         return received
 
     out = asyncio.run(main())

@@ -48,7 +48,9 @@ def test_g711_roundtrip_matches_audioop(law: str, enc: object, dec: object) -> N
 def test_telephone_channel_is_mulaw_with_codec_snr() -> None:
     x = _sine(440.0)
     y = telephone_channel(samples=x)
-    snr_db = 10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum((y - x).astype(np.float64) ** 2))
+    snr_db = 10 * np.log10(
+        np.sum(x.astype(np.float64) ** 2) / np.sum((y - x).astype(np.float64) ** 2)
+    )
     # 8-bit companded PCM keeps ~38 dB SNR for a mid-level tone (ITU-T G.711 design figure).
     assert 33.0 < snr_db < 45.0
 
@@ -63,7 +65,9 @@ def test_band_limit_matches_filter_response(freq_hz: float) -> None:
     x = _sine(freq_hz, seconds=2.0)
     y = band_limit(samples=x)
     steady = slice(SR, None)  # skip the filter's transient
-    gain = np.sqrt(np.mean(y[steady].astype(np.float64) ** 2) / np.mean(x[steady].astype(np.float64) ** 2))
+    gain = np.sqrt(
+        np.mean(y[steady].astype(np.float64) ** 2) / np.mean(x[steady].astype(np.float64) ** 2)
+    )
     _, h = sosfreqz(_band_sos(300.0, 3400.0, SR), worN=[freq_hz], fs=SR)
     assert gain == pytest.approx(abs(h[0]), rel=0.02, abs=1e-3)
     if freq_hz == 1000.0:
@@ -95,5 +99,7 @@ def test_augment_is_seeded_and_within_ranges() -> None:
     level_only = AugmentParams(noise_probability=0.0, band_probability=0.0)
     for seed in range(20):
         y = telephony_augment(samples=x, rng=np.random.default_rng(seed), params=level_only)
-        gain_db = 20 * np.log10(np.sqrt(np.mean(y.astype(np.float64) ** 2) / np.mean(x.astype(np.float64) ** 2)))
+        gain_db = 20 * np.log10(
+            np.sqrt(np.mean(y.astype(np.float64) ** 2) / np.mean(x.astype(np.float64) ** 2))
+        )
         assert -10.2 < gain_db < 10.2

@@ -220,3 +220,26 @@ def test_trailing_half_sample_is_reported_on_close() -> None:
     out = session.connection_lost()
     assert isinstance(out[0], ProtocolViolation) and "1 trailing bytes" in out[0].message
     assert out[1] == LegEnded(CALL_SID, "customer", "disconnect")
+
+
+def test_random_frames_never_raise() -> None:
+    rng = np.random.default_rng(5)
+    weird: list[object] = [None, True, -1, 10**30, 1.5, "", "16k", [], {}, "stereo", "mono"]
+    for _ in range(300):
+        session = L16Session(max_pending_bytes=int(rng.integers(0, 200)))
+        meta = {k: v for k, v in JAMBONZ_META.items() if rng.random() > 0.2}
+        for key in ("sampleRate", "mixType", "content-type"):
+            if rng.random() < 0.3:
+                meta[key] = weird[rng.integers(len(weird))]
+        frames: list[bytes | str] = [
+            rng.bytes(int(rng.integers(0, 80))) for _ in range(int(rng.integers(0, 6)))
+        ]
+        frames.insert(int(rng.integers(len(frames) + 1)), json.dumps(meta))
+        frames.append(json.dumps({"event": "dtmf", "dtmf": weird[rng.integers(len(weird))]}))
+        for frame in frames:
+            if isinstance(frame, str):
+                out = session.receive_text(frame)
+            else:
+                out = session.receive_bytes(frame)
+            assert all(isinstance(o, IngestOutput) for o in out)
+        session.connection_lost()

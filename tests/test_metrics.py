@@ -69,7 +69,7 @@ def test_roc_auc_one_class_is_nan() -> None:
 
 
 def test_bad_inputs_raise() -> None:
-    with pytest.raises(ConfigError, match="outside 0..2"):
+    with pytest.raises(ConfigError, match=r"outside 0\.\.2"):
         confusion_matrix(y_true=np.array([0, 3]), y_pred=np.array([0, 1]), n_classes=3)
     with pytest.raises(ConfigError, match="must be equal"):
         uar(y_true=np.array([0, 1]), y_pred=np.array([0]), n_classes=2)

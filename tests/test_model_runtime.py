@@ -19,7 +19,9 @@ N_FEATURES = 6
 NAMES = tuple(f"f{i}" for i in range(N_FEATURES))
 
 
-def _synthetic(seed: int = 0, n: int = 240) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _synthetic(
+    seed: int = 0, n: int = 240
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = np.arange(n) % len(LABELS)
     centres = rng.normal(scale=2.0, size=(len(LABELS), N_FEATURES))
@@ -121,7 +123,7 @@ def test_feature_count_mismatch_names_both_numbers(tmp_path: Path, one_model: Fi
 
 def test_label_count_mismatch(tmp_path: Path, one_model: FittedModel) -> None:
     folder = _write_model(tmp_path / "m", one_model, labels=("neutral", "happy", "angry"))
-    with pytest.raises(ManifestMismatchError, match="gives 4 probabilities .* 3 labels"):
+    with pytest.raises(ManifestMismatchError, match=r"gives 4 probabilities .* 3 labels"):
         EmotionModel.load(folder, expected_feature_names=NAMES)
 
 

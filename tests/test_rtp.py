@@ -456,7 +456,9 @@ def test_datagram_adapter_over_loopback() -> None:
 
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: RtpDatagramProtocol(RtpIngest(leg_timeout_s=0.3), on_output, poll_interval_s=0.05),
+            lambda: RtpDatagramProtocol(
+                RtpIngest(leg_timeout_s=0.3), on_output, poll_interval_s=0.05
+            ),
             local_addr=("127.0.0.1", 0),
         )
         port = transport.get_extra_info("sockname")[1]

@@ -301,3 +301,31 @@ def test_late_start_is_still_used() -> None:
     assert session.call_id == CALL_SID
     assert [o.party for o in out if isinstance(o, LegStarted)] == ["customer", "agent"]
     assert [o for o in out if isinstance(o, AudioChunk)]
+
+
+WEIRD: list[Any] = [None, True, -1, 10**30, 1.5, "", "x", [], {}, [1], {"a": 1}, "PT-1S"]
+
+
+def mutate(obj: Any, rng: np.random.Generator) -> Any:
+    """Drop keys and swap values for wrongly typed ones, at every depth."""
+    if isinstance(obj, dict):
+        out = {k: mutate(v, rng) for k, v in obj.items() if rng.random() > 0.1}
+        for key in out:
+            if rng.random() < 0.15:
+                out[key] = WEIRD[rng.integers(len(WEIRD))]
+        return out
+    if isinstance(obj, list):
+        return [mutate(v, rng) for v in obj]
+    return obj
+
+
+def test_mutated_messages_never_raise() -> None:
+    rng = np.random.default_rng(7)
+    lines = capture_lines()[:40]
+    for _ in range(200):
+        session = TwilioMediaSession(reorder_window=int(rng.integers(0, 6)))
+        for line in lines:
+            msg = json.loads(line)
+            out = session.receive_text(json.dumps(mutate(msg, rng) if rng.random() < 0.3 else msg))
+            assert all(isinstance(o, IngestOutput) for o in out)
+        session.connection_lost()

@@ -372,7 +372,7 @@ class AudioHookSession:
             and offer.get("rate") == SAMPLE_RATE_HZ
             and isinstance(channels, list)
             and 1 <= len(channels) <= 2
-            and all(c in CHANNEL_PARTIES for c in channels)
+            and all(isinstance(c, str) and c in CHANNEL_PARTIES for c in channels)
             and len(set(channels)) == len(channels)
         )
 

@@ -31,6 +31,8 @@ A sample-rate change mid-call (a new audio kind) ends the leg with reason
 ``"rate-change"`` and starts it again at the new rate under the same call id, with
 ``t`` continuing where it stopped: downstream resamplers are built per leg, so a
 fresh leg is the honest way to say the audio format changed.
+
+:class:`AudioSocketProtocol` is the thin asyncio adapter around the session.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ timeline true), ``Dtmf`` for RFC 4733 telephone events, ``LegEnded(reason="timeo
 after ``leg_timeout_s`` of network silence, and ``ProtocolViolation`` for every
 datagram that cannot be used (it is dropped; nothing here raises on peer input).
 RTCP multiplexed on the RTP port (RFC 5761: second byte 192-223) is ignored.
+:class:`RtpDatagramProtocol` is the thin asyncio adapter around the core.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ Decisions:
   order through a small window (``reorder_window`` messages): duplicates and late
   arrivals are dropped, missing numbers are counted in :attr:`stats`. ``stop``
   flushes the window (nothing the sender considers earlier is still worth waiting for).
+  A late ``start`` is still used when none was seen (nothing decodes without it); a
+  number more than 10,000 past the expected one is dropped as corrupt.
 - Audio is placed on each leg's timeline by ``media.timestamp``; a jump forward
   larger than ``gap_tolerance_ms`` is filled with silence (digital zero) up to
   ``max_gap_fill_s``, beyond which the timeline jumps without filling. A timestamp
@@ -297,7 +299,12 @@ class TwilioMediaSession:
         encoding = fmt.get("encoding", "audio/x-mulaw")
         rate = fmt.get("sampleRate", SAMPLE_RATE_HZ)
         channels = fmt.get("channels", 1)
-        if encoding not in _DECODERS or rate != SAMPLE_RATE_HZ or channels != 1:
+        if (
+            not isinstance(encoding, str)
+            or encoding not in _DECODERS
+            or rate != SAMPLE_RATE_HZ
+            or channels != 1
+        ):
             return self._fatal(
                 f"twilio: unsupported mediaFormat encoding={encoding!r} sampleRate={rate!r} "
                 f"channels={channels!r} (need audio/x-mulaw or audio/x-alaw, 8000, 1)",

@@ -110,7 +110,9 @@ def _concat(
     while total < min_s * MODEL_SAMPLE_RATE_HZ:
         clip = clips[order[i % len(order)]]
         i += 1
-        pause = (rng.normal(0, 1e-4, int(rng.uniform(0.3, 0.8) * MODEL_SAMPLE_RATE_HZ))).astype(np.float32)
+        pause = (rng.normal(0, 1e-4, int(rng.uniform(0.3, 0.8) * MODEL_SAMPLE_RATE_HZ))).astype(
+            np.float32
+        )
         parts += [clip, pause]
         total += clip.size + pause.size
     return np.concatenate(parts)
@@ -125,9 +127,13 @@ def build_calls(
     for speaker in speakers:
         mine = [r for r in rows if r["speaker"] == speaker]
         neutral = [
-            read_clip(Path(r["_corpus_dir"]) / r["file"]) for r in mine if r["emotion"] in NEUTRAL_EMOTIONS
+            read_clip(Path(r["_corpus_dir"]) / r["file"])
+            for r in mine
+            if r["emotion"] in NEUTRAL_EMOTIONS
         ]
-        angry = [read_clip(Path(r["_corpus_dir"]) / r["file"]) for r in mine if r["emotion"] == "angry"]
+        angry = [
+            read_clip(Path(r["_corpus_dir"]) / r["file"]) for r in mine if r["emotion"] == "angry"
+        ]
         if not neutral or not angry:
             log.warning("speaker %s lacks neutral or angry clips; skipped", speaker)
             continue
@@ -181,7 +187,9 @@ def run_call(engine: Engine, call: StitchedCall) -> list[dict[str, Any]]:
     return spikes
 
 
-def score(calls: Sequence[StitchedCall], spikes: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
+def score(
+    calls: Sequence[StitchedCall], spikes: Sequence[Sequence[dict[str, Any]]]
+) -> dict[str, Any]:
     delays: list[float] = []
     hits = 0
     n_anger = 0
@@ -244,8 +252,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="shared corpora")
-    parser.add_argument("--model", type=Path, help="use this model instead of training one without the held-out speakers")
-    parser.add_argument("--speakers", nargs="+", default=list(DEFAULT_HELD_OUT), help="held-out speakers")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="use this model instead of training one without the held-out speakers",
+    )
+    parser.add_argument(
+        "--speakers", nargs="+", default=list(DEFAULT_HELD_OUT), help="held-out speakers"
+    )
     parser.add_argument("--calls-per-speaker", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("models/detection.json"))
@@ -264,13 +278,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             model = EmotionModel.load(args.model)
         calls = build_calls(
-            data_dir=args.data, speakers=speakers, seed=args.seed, calls_per_speaker=args.calls_per_speaker
+            data_dir=args.data,
+            speakers=speakers,
+            seed=args.seed,
+            calls_per_speaker=args.calls_per_speaker,
         )
         found = [run_call(Engine(model=model), call) for call in calls]
     result = score(calls, found)
     result["held_out_speakers"] = speakers
     result["model"] = "trained without held-out speakers" if args.model is None else str(args.model)
-    result["command"] = "python -m emotion_engine.training.stitched " + " ".join(argv or sys.argv[1:])
+    result["command"] = "python -m emotion_engine.training.stitched " + " ".join(
+        argv or sys.argv[1:]
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(

@@ -107,8 +107,9 @@ CANDIDATES: dict[str, Callable[[int], Any]] = {
 EXPORTABLE: frozenset[str] = frozenset({"logreg", "mlp", "svm"})
 """skl2onnx 1.20 cannot convert HistGradientBoosting with onnx 1.23 (attribute types)."""
 
-DEFAULT_CANDIDATE = "mlp"
-"""Chosen by leave-one-corpus-out UAR (see models/README.md)."""
+DEFAULT_CANDIDATE = "logreg"
+"""Chosen by leave-one-corpus-out UAR (see models/README.md): logreg and mlp tie on the
+mean; logistic regression fits in seconds and is the smaller, calmer graph."""
 
 
 def balanced_weights(*, y: NDArray[np.int64], groups: NDArray[np.str_]) -> NDArray[np.float64]:
