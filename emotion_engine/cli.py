@@ -102,9 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("files", nargs="+", type=Path, metavar="CALL", help="audio files")
     _add_analysis_args(analyze)
-    analyze.add_argument(
-        "--no-progress", action="store_true", help="no progress bar on stderr"
-    )
+    analyze.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     analyze.set_defaults(func=cmd_analyze)
 
     demo = sub.add_parser(
@@ -206,7 +204,7 @@ def _run_files(
     progress: bool,
 ) -> int:
     from emotion_engine.engine.offline import analyze_file
-    from emotion_engine.publish.console import CueFormatter, summary_block
+    from emotion_engine.publish.console import CueFormatter
     from emotion_engine.publish.events import EventSequencer, to_json
 
     engine = _load_engine(args.model)
@@ -243,7 +241,9 @@ def _run_files(
                 from emotion_engine.plots import plot_timeline
 
                 target = _plot_path(args.plot, report.call_id, len(files) > 1)
-                plot_timeline(events=collected, out_path=target, title=f"{report.call_id} ({path.name})")
+                plot_timeline(
+                    events=collected, out_path=target, title=f"{report.call_id} ({path.name})"
+                )
                 log.warning("timeline written to %s", target)
     if bar is not None:
         bar.close()
@@ -288,7 +288,9 @@ def _final_summary(reports: Sequence[Any]) -> str:
         lines.append(f"{r.path} (call {r.call_id}, {r.duration_s:.1f} s, {r.sample_rate} Hz)")
         lines.extend(f"  note: {note}" for note in r.notes)
         for party in r.parties:
-            lines.append(summary_block(call_id=r.call_id, party=party, summary=r.summaries.get(party, {})))
+            lines.append(
+                summary_block(call_id=r.call_id, party=party, summary=r.summaries.get(party, {}))
+            )
     n_ok = sum(r.ok for r in reports)
     lines.append(f"{n_ok} of {len(reports)} file(s) analysed")
     return "\n".join(lines)

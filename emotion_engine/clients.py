@@ -62,7 +62,11 @@ async def stream_l16(
     async with connect(url, additional_headers=_headers(token), max_size=None) as ws:
         await ws.send(
             json.dumps(
-                {"callSid": call_id, "sampleRate": sample_rate, "mixType": "stereo" if stereo else "mono"}
+                {
+                    "callSid": call_id,
+                    "sampleRate": sample_rate,
+                    "mixType": "stereo" if stereo else "mono",
+                }
             )
         )
         start = time.monotonic()
@@ -111,11 +115,16 @@ async def stream_twilio(
         n = tracks.shape[1]
         for i, off in enumerate(range(0, n, 160)):
             for track, name in zip(tracks, names, strict=True):
-                payload = base64.b64encode(ulaw_encode(track[off : off + 160])).decode()
+                payload = base64.b64encode(ulaw_encode(track[off : off + 160]).tobytes()).decode()
                 await ws.send(
                     msg(
                         event="media",
-                        media={"track": name, "chunk": str(i + 1), "timestamp": str(i * 20), "payload": payload},
+                        media={
+                            "track": name,
+                            "chunk": str(i + 1),
+                            "timestamp": str(i * 20),
+                            "payload": payload,
+                        },
                     )
                 )
             await _pace(start, (i + 1) * FRAME_S, speed)
@@ -189,12 +198,18 @@ async def subscribe(
 ) -> AsyncIterator[ClientConnection]:
     """A websocket subscription to ``/v1/events`` with optional filters."""
     qs = "&".join(f"{k}={v}" for k, v in query.items())
-    async with connect(f"{url}?{qs}" if qs else url, additional_headers=_headers(token), max_size=None) as ws:
+    async with connect(
+        f"{url}?{qs}" if qs else url, additional_headers=_headers(token), max_size=None
+    ) as ws:
         yield ws
 
 
 async def collect_until(
-    ws: ClientConnection, *, types: Sequence[str] = ("call.end",), count: int = 1, timeout_s: float = 60.0
+    ws: ClientConnection,
+    *,
+    types: Sequence[str] = ("call.end",),
+    count: int = 1,
+    timeout_s: float = 60.0,
 ) -> list[dict[str, Any]]:
     """Read events until ``count`` events whose type is in ``types`` arrived."""
     events: list[dict[str, Any]] = []

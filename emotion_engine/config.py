@@ -26,7 +26,17 @@ HOP_LENGTH = 80
 FRAMES_PER_SECOND = MODEL_SAMPLE_RATE_HZ // HOP_LENGTH
 
 SUPPORTED_INPUT_RATES_HZ: tuple[int, ...] = (
-    8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 96000,
+    8000,
+    11025,
+    12000,
+    16000,
+    22050,
+    24000,
+    32000,
+    44100,
+    48000,
+    64000,
+    96000,
 )
 """Rates the streaming resampler accepts (every common telephony and studio rate)."""
 
@@ -146,7 +156,9 @@ def load_serve_params(
         section = data.get("serve", data)
         unknown = sorted(k for k in section if k not in known and not isinstance(section[k], dict))
         if unknown:
-            raise ConfigError(f"unknown key(s) in {config_file}: {', '.join(unknown)}; known: {', '.join(known)}")
+            raise ConfigError(
+                f"unknown key(s) in {config_file}: {', '.join(unknown)}; known: {', '.join(known)}"
+            )
         values.update({k: v for k, v in section.items() if k in known})
     for name in known:
         raw = (env if env is not None else os.environ).get(ENV_PREFIX + name.upper())

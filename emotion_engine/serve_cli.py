@@ -20,21 +20,72 @@ DEMO_CALL = Path(__file__).parent / "data" / "demo_call.flac"
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServeParams()
-    parser.add_argument("--host", default=None, help=f"listen address (default {d.host}; anything but loopback needs --token)")
-    parser.add_argument("--port", type=int, default=None, help=f"HTTP/websocket port, 0 = any free one (default {d.port})")
-    parser.add_argument("--rtp-port", type=int, default=None, help=f"UDP port for RTP, 0 = any, -1 = off (default {d.rtp_port})")
     parser.add_argument(
-        "--audiosocket-port", type=int, default=None, help=f"TCP port for Asterisk AudioSocket, 0 = any, -1 = off (default {d.audiosocket_port})"
+        "--host",
+        default=None,
+        help=f"listen address (default {d.host}; anything but loopback needs --token)",
     )
-    parser.add_argument("--model", default=None, metavar="PATH", help="model directory or .onnx (default: the shipped model)")
-    parser.add_argument("--config", default=None, metavar="FILE", help="TOML config file; keys as the long options with _ (e.g. rtp_port = 40000)")
-    parser.add_argument("--token", default=None, help="bearer token required from subscribers and ingest (env EMOTION_ENGINE_TOKEN)")
-    parser.add_argument("--audiohook-api-key", default=None, help="X-API-KEY expected from Genesys AudioHook (default: the token)")
-    parser.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS/WSS with this certificate chain")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"HTTP/websocket port, 0 = any free one (default {d.port})",
+    )
+    parser.add_argument(
+        "--rtp-port",
+        type=int,
+        default=None,
+        help=f"UDP port for RTP, 0 = any, -1 = off (default {d.rtp_port})",
+    )
+    parser.add_argument(
+        "--audiosocket-port",
+        type=int,
+        default=None,
+        help=f"TCP port for Asterisk AudioSocket, 0 = any, -1 = off (default {d.audiosocket_port})",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH",
+        help="model directory or .onnx (default: the shipped model)",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="TOML config file; keys as the long options with _ (e.g. rtp_port = 40000)",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="bearer token required from subscribers and ingest (env EMOTION_ENGINE_TOKEN)",
+    )
+    parser.add_argument(
+        "--audiohook-api-key",
+        default=None,
+        help="X-API-KEY expected from Genesys AudioHook (default: the token)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="PEM",
+        help="serve HTTPS/WSS with this certificate chain",
+    )
     parser.add_argument("--tls-key", default=None, metavar="PEM", help="private key for --tls-cert")
-    parser.add_argument("--rtp-leg-timeout-s", type=float, default=None, help=f"end an RTP leg after this much network silence (default {d.rtp_leg_timeout_s})")
-    parser.add_argument("--demo", action="store_true", help="stream the bundled demo call into the server over the L16 websocket, in real time, and print cues")
-    parser.add_argument("--quiet", action="store_true", help="no console cues (events still go to subscribers)")
+    parser.add_argument(
+        "--rtp-leg-timeout-s",
+        type=float,
+        default=None,
+        help=f"end an RTP leg after this much network silence (default {d.rtp_leg_timeout_s})",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="stream the bundled demo call into the server over the L16 websocket, in real time, and print cues",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no console cues (events still go to subscribers)"
+    )
 
 
 def params_from_args(args: argparse.Namespace) -> ServeParams:
@@ -65,9 +116,16 @@ async def _stream_demo(server: Any, params: ServeParams) -> None:
 
     samples, rate = read_audio(DEMO_CALL)
     url = server.addresses.urls()["l16"]
-    print(f"demo: streaming {DEMO_CALL.name} ({samples.shape[1] / rate:.0f} s, stereo) to {url} in real time", flush=True)
+    print(
+        f"demo: streaming {DEMO_CALL.name} ({samples.shape[1] / rate:.0f} s, stereo) to {url} in real time",
+        flush=True,
+    )
     await stream_l16(
-        url, pcm=float32_to_int16(samples), sample_rate=rate, call_id="demo-call", token=params.token or None
+        url,
+        pcm=float32_to_int16(samples),
+        sample_rate=rate,
+        call_id="demo-call",
+        token=params.token or None,
     )
     print("demo: call finished; the server keeps running (Ctrl-C to stop)", flush=True)
 
@@ -97,7 +155,10 @@ async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = F
         service.add_listener(show)
     server = EngineServer(params=params, service=service)
     addresses = await server.start()
-    print(f"emotion-engine serving with model {model.onnx_path.name} ({', '.join(model.labels)})", flush=True)
+    print(
+        f"emotion-engine serving with model {model.onnx_path.name} ({', '.join(model.labels)})",
+        flush=True,
+    )
     for name, url in addresses.urls().items():
         print(f"  {name:<12} {url}", flush=True)
     stop = asyncio.Event()
@@ -117,13 +178,31 @@ async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = F
 
 
 def add_mic_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="input device index or name (default: the system default)")
-    parser.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")
-    parser.add_argument("--party", default="customer", choices=("customer", "agent"), help="party the microphone speaks for")
-    parser.add_argument("--sample-rate", type=int, default=16000, help="capture rate in Hz (default 16000)")
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    parser.add_argument(
+        "--device", default=None, help="input device index or name (default: the system default)"
+    )
+    parser.add_argument(
+        "--list-devices", action="store_true", help="list audio input devices and exit"
+    )
+    parser.add_argument(
+        "--party",
+        default="customer",
+        choices=("customer", "agent"),
+        help="party the microphone speaks for",
+    )
+    parser.add_argument(
+        "--sample-rate", type=int, default=16000, help="capture rate in Hz (default 16000)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: until Ctrl-C)",
+    )
     parser.add_argument("--model", default=None, metavar="PATH", help="model directory or .onnx")
-    parser.add_argument("--out", type=Path, default=None, help="also write events as JSON lines to FILE")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write events as JSON lines to FILE"
+    )
 
 
 def cmd_mic(args: argparse.Namespace) -> int:

@@ -107,7 +107,7 @@ class _RtpProtocol(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         try:
             outputs = self.core.receive_datagram(data, (str(addr[0]), int(addr[1])), loop.time())
-        except Exception:  # noqa: BLE001 - a packet must never take the listener down
+        except Exception:
             log.exception("rtp: packet from %s:%s could not be handled", addr[0], addr[1])
             self.service.metrics.protocol_error("rtp")
             return
@@ -130,7 +130,7 @@ class _AudioSocketProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             outputs = self.core.receive_data(data)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("audiosocket: input could not be handled; closing")
             self.service.metrics.protocol_error("audiosocket")
             outputs = [*self.core.connection_lost(), Close(1011, "internal error")]
@@ -213,7 +213,9 @@ class EngineServer:
             scheme="https" if ssl_ctx else "http",
         )
         if not p.token:
-            log.warning("no token configured: listening on loopback %s only, without authentication", p.host)
+            log.warning(
+                "no token configured: listening on loopback %s only, without authentication", p.host
+            )
         return self.addresses
 
     async def stop(self) -> None:
@@ -258,14 +260,23 @@ class EngineServer:
             return _response(connection, http.HTTPStatus.OK, body, "application/json")
         if path == "/metrics":
             if not self._authorized(request):
-                return self._reject(connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
-            return _response(connection, http.HTTPStatus.OK, self.service.metrics.render(), "text/plain; version=0.0.4")
+                return self._reject(
+                    connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token"
+                )
+            return _response(
+                connection,
+                http.HTTPStatus.OK,
+                self.service.metrics.render(),
+                "text/plain; version=0.0.4",
+            )
         if path not in _ROUTES:
             return self._reject(connection, http.HTTPStatus.NOT_FOUND, f"no such path {path}")
         if path == "/v1/media/audiohook" and self._audiohook_key():
             return None  # AudioHook authenticates with X-API-KEY in its own core
         if not self._authorized(request):
-            return self._reject(connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+            return self._reject(
+                connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token"
+            )
         return None
 
     def _reject(self, connection: ServerConnection, status: http.HTTPStatus, why: str) -> Response:
@@ -286,7 +297,7 @@ class EngineServer:
             await handler(self, ws)
         except ConnectionClosed:
             pass
-        except Exception:  # noqa: BLE001 - one connection never takes the server down
+        except Exception:
             log.exception("%s: connection failed", path)
             await ws.close(1011, "internal error")
 
@@ -333,7 +344,9 @@ class EngineServer:
         finally:
             self.service.submit(session.connection_lost(), source=source)
 
-    async def _deliver(self, ws: ServerConnection, outputs: list[IngestOutput], source: str) -> bool:
+    async def _deliver(
+        self, ws: ServerConnection, outputs: list[IngestOutput], source: str
+    ) -> bool:
         """Submit outputs; send replies; returns True when the session must close."""
         self.service.submit(outputs, source=source)
         for out in outputs:
@@ -345,7 +358,9 @@ class EngineServer:
         return False
 
     async def _twilio(self, ws: ServerConnection) -> None:
-        await self._media(ws, TwilioMediaSession(max_message_bytes=self.params.max_message_bytes), "twilio")
+        await self._media(
+            ws, TwilioMediaSession(max_message_bytes=self.params.max_message_bytes), "twilio"
+        )
 
     async def _l16(self, ws: ServerConnection) -> None:
         await self._media(ws, L16Session(max_message_bytes=self.params.max_message_bytes), "l16")
@@ -369,7 +384,12 @@ class EngineServer:
                 addr = (host, int(port))
                 ssrc = int(cmd["ssrc"])
                 if cmd.get("action") == "name_rtp_leg":
-                    outputs = self.rtp.name_leg(addr, ssrc, str(cmd["call_id"]), str(cmd.get("party", self.params.rtp_party)))
+                    outputs = self.rtp.name_leg(
+                        addr,
+                        ssrc,
+                        str(cmd["call_id"]),
+                        str(cmd.get("party", self.params.rtp_party)),
+                    )
                 elif cmd.get("action") == "end_rtp_leg":
                     outputs = self.rtp.end_leg(addr, ssrc, str(cmd.get("reason", "hangup")))
                 else:
@@ -389,7 +409,9 @@ async def _discard_incoming(ws: ServerConnection) -> None:
         pass
 
 
-def _response(connection: ServerConnection, status: http.HTTPStatus, body: str, content_type: str) -> Response:
+def _response(
+    connection: ServerConnection, status: http.HTTPStatus, body: str, content_type: str
+) -> Response:
     response = connection.respond(status, body)
     response.headers = Headers(
         [(k, v) for k, v in response.headers.raw_items() if k.lower() != "content-type"]

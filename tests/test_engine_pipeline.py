@@ -74,7 +74,9 @@ def test_resampled_input_agrees_with_8k(model: EmotionModel, angry_pcm: np.ndarr
     """The same speech at 16 kHz (upsampled) scores like the 8 kHz original."""
     from scipy.signal import resample_poly
 
-    pcm16 = float32_to_int16((resample_poly(angry_pcm.astype(np.float64), 2, 1) / 32768).astype(np.float32))
+    pcm16 = float32_to_int16(
+        (resample_poly(angry_pcm.astype(np.float64), 2, 1) / 32768).astype(np.float32)
+    )
     a = _updates(_stream(Engine(model=model), angry_pcm, rate=8000, chunk=160, call_id="a"))
     b = _updates(_stream(Engine(model=model), pcm16, rate=16000, chunk=320, call_id="b"))
     assert len(a) == len(b)
@@ -92,7 +94,9 @@ def test_angry_speech_reads_as_angry(model: EmotionModel, angry_pcm: np.ndarray)
     assert mean_angry > 1.0 / len(model.labels)
 
 
-def test_one_legs_bad_chunk_does_not_touch_another(model: EmotionModel, angry_pcm: np.ndarray) -> None:
+def test_one_legs_bad_chunk_does_not_touch_another(
+    model: EmotionModel, angry_pcm: np.ndarray
+) -> None:
     engine = Engine(model=model)
     engine.open_leg(call_id="good", party="customer", sample_rate=8000)
     engine.open_leg(call_id="bad", party="customer", sample_rate=8000)
@@ -118,7 +122,9 @@ def test_open_leg_rejects_bad_rates_and_duplicates(model: EmotionModel) -> None:
         engine.open_leg(call_id="c", party="customer", sample_rate=8000)
 
 
-def test_close_all_ends_every_leg_with_a_summary(model: EmotionModel, angry_pcm: np.ndarray) -> None:
+def test_close_all_ends_every_leg_with_a_summary(
+    model: EmotionModel, angry_pcm: np.ndarray
+) -> None:
     engine = Engine(model=model)
     for call in ("a", "b"):
         engine.open_leg(call_id=call, party="customer", sample_rate=8000)

@@ -205,8 +205,6 @@ class Engine:
             return []
         events: list[Event] = []
         try:
-            if leg.resampler is not None:
-                leg.pending.append(leg.resampler.flush())
             events += self._run([leg], final=True)
         except EngineError as exc:  # the leg still gets its call.end
             log.warning("leg %s/%s: %s", call_id, party, exc)
@@ -236,8 +234,8 @@ class Engine:
         framed: list[_Leg] = []
         for leg in legs:
             try:
-                self._frame(leg)
-            except Exception as exc:  # noqa: BLE001 - one leg's failure must not touch others
+                self._frame(leg, final=final)
+            except Exception as exc:
                 events += self._fail(leg, exc)
                 continue
             framed.append(leg)
@@ -249,11 +247,20 @@ class Engine:
             events += self._score(due)
         return events
 
-    def _frame(self, leg: _Leg) -> None:
-        samples = np.concatenate(leg.pending) if len(leg.pending) > 1 else leg.pending[0]
+    def _frame(self, leg: _Leg, *, final: bool) -> None:
+        """Pending audio -> model rate -> new frames; at the end of a leg the
+        resampler's held-back tail is drained too."""
+        if len(leg.pending) == 1:
+            samples = leg.pending[0]
+        elif leg.pending:
+            samples = np.concatenate(leg.pending)
+        else:
+            samples = np.zeros(0, dtype=np.float32)
         leg.pending.clear()
         if leg.resampler is not None:
             samples = leg.resampler.process(samples)
+            if final:
+                samples = np.concatenate([samples, leg.resampler.flush()])
         leg.new_frames = leg.framer.push(samples)
 
     def _compute_lld(self, legs: list[_Leg]) -> None:
@@ -264,7 +271,9 @@ class Engine:
                 leg.new_frames = None
         if not with_frames:
             return
-        stacked = np.concatenate([leg.new_frames for leg in with_frames if leg.new_frames is not None])
+        stacked = np.concatenate(
+            [leg.new_frames for leg in with_frames if leg.new_frames is not None]
+        )
         lld = compute_lld(frames=stacked, params=self.params.features)
         offset = 0
         for leg in with_frames:
@@ -285,11 +294,7 @@ class Engine:
         ends: list[int] = []
         end = leg.last_window_end
         while True:
-            end = (
-                max(MIN_FIRST_WINDOW_FRAMES, wp.hop_frames)
-                if end == 0
-                else end + wp.hop_frames
-            )
+            end = max(MIN_FIRST_WINDOW_FRAMES, wp.hop_frames) if end == 0 else end + wp.hop_frames
             if end > leg.frames_seen:
                 break
             ends.append(end)
@@ -308,7 +313,8 @@ class Engine:
                     leg=leg,
                     lld=rows,
                     t_start=leg.t0 + start * hop_s,
-                    t_end=leg.t0 + ((end - 1) * fp.hop_length + fp.frame_length) / fp.sample_rate_hz,
+                    t_end=leg.t0
+                    + ((end - 1) * fp.hop_length + fp.frame_length) / fp.sample_rate_hz,
                 )
             )
         if ends:
@@ -345,7 +351,8 @@ class Engine:
                 party=w.leg.party,
                 t=round(w.t_end, 4),
                 probabilities={
-                    label: float(p) for label, p in zip(labels, output.probabilities[i], strict=True)
+                    label: float(p)
+                    for label, p in zip(labels, output.probabilities[i], strict=True)
                 },
                 arousal=float(output.arousal[i]),
                 voiced_ratio=float(ratios[i]),
@@ -353,7 +360,7 @@ class Engine:
             )
             try:
                 events += w.leg.tracker.update(scores)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 events += self._fail(w.leg, exc)
         return events
 

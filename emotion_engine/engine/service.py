@@ -74,10 +74,14 @@ class EngineService:
         self._warned: set[tuple[str, str]] = set()
         self.active_legs = 0
         self.metrics.gauge(
-            "emotion_engine_legs_active", "Call legs currently open.", lambda: float(self.active_legs)
+            "emotion_engine_legs_active",
+            "Call legs currently open.",
+            lambda: float(self.active_legs),
         )
         self.metrics.gauge(
-            "emotion_engine_subscribers", "Connected event subscribers.", lambda: float(self.hub.subscriber_count)
+            "emotion_engine_subscribers",
+            "Connected event subscribers.",
+            lambda: float(self.hub.subscriber_count),
         )
 
     # -- called on the event loop by ingest adapters ---------------------------------
@@ -97,7 +101,14 @@ class EngineService:
                 self.metrics.protocol_error(source)
                 log.warning("%s: %s", source, out.message)
             elif isinstance(out, Dtmf):
-                log.info("%s: DTMF %s on %s/%s at %.2f s", source, out.digit, out.call_id, out.party, out.t)
+                log.info(
+                    "%s: DTMF %s on %s/%s at %.2f s",
+                    source,
+                    out.digit,
+                    out.call_id,
+                    out.party,
+                    out.t,
+                )
 
     def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """Call ``listener`` with every published event (console cues, tests)."""
@@ -144,7 +155,7 @@ class EngineService:
             for listener in self._listeners:
                 try:
                     listener(stamped)
-                except Exception:  # noqa: BLE001 - a listener must not stop publishing
+                except Exception:
                     log.exception("event listener failed")
 
     # -- the worker thread ----------------------------------------------------------
@@ -175,12 +186,14 @@ class EngineService:
                 self._warn_once(cmd, exc)
         try:
             events += engine.process()
-        except Exception:  # noqa: BLE001 - never let one step kill the service
+        except Exception:
             log.exception("engine step failed; open legs are closed")
             events += engine.close_all(reason="error")
         if final:
             events += engine.close_all(reason="shutdown")
-        failed = sum(1 for e in events if e.type == "call.end" and e.payload.get("reason") == "error")
+        failed = sum(
+            1 for e in events if e.type == "call.end" and e.payload.get("reason") == "error"
+        )
         self.metrics.legs_failed_total += failed
         self.active_legs = len(engine.legs)
         self.metrics.processing_seconds.observe(time.perf_counter() - started)

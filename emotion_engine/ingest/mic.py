@@ -49,7 +49,7 @@ def list_input_devices() -> list[tuple[int, str, int, float]]:
     sd = _sounddevice()
     try:
         devices = sd.query_devices()
-    except Exception as exc:  # noqa: BLE001 - PortAudio reports host errors its own way
+    except Exception as exc:
         raise MicError(f"cannot list audio devices: {exc}") from exc
     return [
         (i, str(d["name"]), int(d["max_input_channels"]), float(d["default_samplerate"]))
@@ -74,7 +74,9 @@ async def run_mic(args: argparse.Namespace) -> int:
 
     sd = _sounddevice()
     if not list_input_devices():
-        raise MicError("no audio input device found (is a microphone connected, or PulseAudio running?)")
+        raise MicError(
+            "no audio input device found (is a microphone connected, or PulseAudio running?)"
+        )
     model = EmotionModel.load(Path(args.model) if args.model else DEFAULT_MODEL_DIR)
     service = EngineService(engine=Engine(model=model))
     cues = CueFormatter()
@@ -96,7 +98,9 @@ async def run_mic(args: argparse.Namespace) -> int:
 
     def on_block(block: NDArray[np.int16]) -> None:  # runs on the loop
         nonlocal received
-        service.submit([AudioChunk(call_id, args.party, received / rate, block, rate)], source="mic")
+        service.submit(
+            [AudioChunk(call_id, args.party, received / rate, block, rate)], source="mic"
+        )
         received += block.size
         if args.duration is not None and received >= args.duration * rate:
             stop.set()
@@ -107,7 +111,10 @@ async def run_mic(args: argparse.Namespace) -> int:
         loop.call_soon_threadsafe(on_block, indata[:, 0].copy())
 
     service.start()
-    service.submit([LegStarted(call_id, args.party, rate, info={"device": str(args.device or "default")})], source="mic")
+    service.submit(
+        [LegStarted(call_id, args.party, rate, info={"device": str(args.device or "default")})],
+        source="mic",
+    )
     try:
         stream = sd.InputStream(
             device=_resolve_device(args.device),
@@ -117,13 +124,18 @@ async def run_mic(args: argparse.Namespace) -> int:
             blocksize=int(rate * 0.02),
             callback=_callback,
         )
-    except Exception as exc:  # noqa: BLE001 - PortAudio errors are plain Exceptions
+    except Exception as exc:
         await service.stop()
-        raise MicError(f"cannot open input device {args.device or 'default'} at {rate} Hz: {exc}") from exc
+        raise MicError(
+            f"cannot open input device {args.device or 'default'} at {rate} Hz: {exc}"
+        ) from exc
     for sig in (signal.SIGINT, signal.SIGTERM):
         with suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    print(f"listening on {args.device or 'the default input'} as {args.party} (call {call_id}); Ctrl-C stops", file=sys.stderr)
+    print(
+        f"listening on {args.device or 'the default input'} as {args.party} (call {call_id}); Ctrl-C stops",
+        file=sys.stderr,
+    )
     with stream:
         await stop.wait()
     service.submit([LegEnded(call_id, args.party, reason="hangup")], source="mic")

@@ -269,6 +269,7 @@ class RtpIngest:
         self.dtmf_payload_type = dtmf_payload_type
         self.max_legs = max_legs
         self.rtcp_ignored = 0
+        self._lost_in_ended_legs = 0
         self._legs: dict[tuple[tuple[str, int], int], _Leg] = {}
         self._names: dict[LegKey, tuple[str, str]] = {}
         self._ended_stats: OrderedDict[str, JitterStats] = OrderedDict()
@@ -376,6 +377,10 @@ class RtpIngest:
                 return leg.jitter.stats
         return self._ended_stats.get(call_id)
 
+    def packets_lost_total(self) -> int:
+        """Packets never received in time, over every leg this ingest has seen."""
+        return self._lost_in_ended_legs + sum(leg.jitter.stats.lost for leg in self._legs.values())
+
     # -- internals ----------------------------------------------------------------
 
     def _start_leg(self, peer: tuple[str, int], packet: RtpPacket, now: float) -> _Leg:
@@ -446,6 +451,7 @@ class RtpIngest:
         out = self._chunks(leg, leg.jitter.flush())
         out.append(LegEnded(leg.call_id, leg.party, reason=reason))
         self._ended_stats[leg.call_id] = leg.jitter.stats
+        self._lost_in_ended_legs += leg.jitter.stats.lost
         while len(self._ended_stats) > 256:
             self._ended_stats.popitem(last=False)
         return out

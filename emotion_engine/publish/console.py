@@ -96,6 +96,8 @@ def summary_block(*, call_id: str, party: str, summary: Mapping[str, Any]) -> st
         total = sum(states.values()) or 1.0
         lines.append(
             "            time in state: "
-            + ", ".join(f"{k} {v:.0f} s ({100 * v / total:.0f}%)" for k, v in states.items() if v > 0)
+            + ", ".join(
+                f"{k} {v:.0f} s ({100 * v / total:.0f}%)" for k, v in states.items() if v > 0
+            )
         )
     return "\n".join(lines)

@@ -74,7 +74,9 @@ class Subscriber:
         if len(self.queue) >= self.max_queue:
             first = next((e["seq"] for e in self.queue if e.get("type") != "events.lost"), None)
             lost = sum(1 for e in self.queue if e.get("type") != "events.lost")
-            lost += sum(int(e.get("count", 0)) for e in self.queue if e.get("type") == "events.lost")
+            lost += sum(
+                int(e.get("count", 0)) for e in self.queue if e.get("type") == "events.lost"
+            )
             self.queue.clear()
             self.dropped += lost
             self.queue.append(
@@ -144,7 +146,9 @@ class EventHub:
         if since is not None and since < self.last_seq:
             oldest = self._replay[0]["seq"] if self._replay else self.last_seq + 1
             if since + 1 < oldest:
-                sub.queue.append(lost_message(count=oldest - since - 1, from_seq=since + 1, to_seq=oldest - 1))
+                sub.queue.append(
+                    lost_message(count=oldest - since - 1, from_seq=since + 1, to_seq=oldest - 1)
+                )
             for event in self._replay:
                 if event["seq"] > since and event_filter.matches(event):
                     sub.queue.append(event)

@@ -11,7 +11,17 @@ import threading
 from collections.abc import Callable, Sequence
 
 PROCESSING_BUCKETS_S: tuple[float, ...] = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
 )
 
 
@@ -77,24 +87,44 @@ class Metrics:
         lines: list[str] = []
 
         def counter(name: str, help_text: str, value: float) -> None:
-            lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value:g}"])
+            lines.extend(
+                [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value:g}"]
+            )
 
         def labelled(name: str, help_text: str, label: str, values: dict[str, int]) -> None:
             lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} counter"])
             lines.extend(f'{name}{{{label}="{k}"}} {v}' for k, v in sorted(values.items()))
 
         for name, (help_text, read) in sorted(self.gauges.items()):
-            lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read():g}"])
-        counter("emotion_engine_chunks_total", "Audio chunks received from all ingest paths.", self.chunks_total)
+            lines.extend(
+                [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read():g}"]
+            )
+        counter(
+            "emotion_engine_chunks_total",
+            "Audio chunks received from all ingest paths.",
+            self.chunks_total,
+        )
         counter(
             "emotion_engine_audio_seconds_total",
             "Seconds of call audio received (all legs).",
             self.audio_seconds_total,
         )
         counter("emotion_engine_legs_started_total", "Call legs started.", self.legs_started_total)
-        counter("emotion_engine_legs_failed_total", "Call legs ended by an error.", self.legs_failed_total)
-        counter("emotion_engine_events_published_total", "Events produced by the engine.", self.events_published_total)
-        counter("emotion_engine_events_sent_total", "Events sent to websocket subscribers.", self.events_sent_total)
+        counter(
+            "emotion_engine_legs_failed_total",
+            "Call legs ended by an error.",
+            self.legs_failed_total,
+        )
+        counter(
+            "emotion_engine_events_published_total",
+            "Events produced by the engine.",
+            self.events_published_total,
+        )
+        counter(
+            "emotion_engine_events_sent_total",
+            "Events sent to websocket subscribers.",
+            self.events_sent_total,
+        )
         counter(
             "emotion_engine_events_dropped_total",
             "Events dropped for slow subscribers (announced by events.lost).",
