@@ -244,7 +244,7 @@ def _run_files(
                 plot_timeline(
                     events=collected, out_path=target, title=f"{report.call_id} ({path.name})"
                 )
-                log.warning("timeline written to %s", target)
+                print(f"timeline written to {target}", file=sys.stderr)
     if bar is not None:
         bar.close()
     print(_final_summary(reports), file=sys.stderr)
@@ -283,7 +283,7 @@ def _final_summary(reports: Sequence[Any]) -> str:
     lines = ["", "=== summary ==="]
     for r in reports:
         if not r.ok:
-            lines.append(f"{r.path}: FAILED: {r.error}")
+            lines.append(f"FAILED: {r.error}")
             continue
         lines.append(f"{r.path} (call {r.call_id}, {r.duration_s:.1f} s, {r.sample_rate} Hz)")
         lines.extend(f"  note: {note}" for note in r.notes)

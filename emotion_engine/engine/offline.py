@@ -69,8 +69,6 @@ def analyze_file(
         return report
     report.duration_s = source.duration_s
     report.sample_rate = source.sample_rate
-    if source.non_finite_samples:
-        report.notes.append(f"{source.non_finite_samples} NaN/inf samples replaced with 0")
     if source.n_channels > len(channels):
         report.error = (
             f"{path}: {source.n_channels} channels but only {len(channels)} party names "
@@ -129,5 +127,10 @@ def analyze_file(
     finally:
         for party in opened:
             send(engine.close_leg(call_id=report.call_id, party=party, reason=reason))
+    # counted while the blocks were read, so only known now
+    if source.non_finite_samples:
+        note = f"{source.non_finite_samples} NaN/inf samples replaced with 0"
+        log.warning("%s: %s", path, note)
+        report.notes.append(note)
     report.ok = report.error is None
     return report
