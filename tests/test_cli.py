@@ -157,7 +157,7 @@ def test_truncated_wav_analyses_what_is_there(tmp_path: Path, speech: NDArray[np
     path.write_bytes(data[: len(data) // 2])  # header still claims 6 s
     result = cli("analyze", "--no-progress", path)
     assert result.returncode == 0, result.stderr
-    end = [e for e in events_of(result.stdout) if e["type"] == "call.end"][0]
+    end = next(e for e in events_of(result.stdout) if e["type"] == "call.end")
     assert isinstance(s := end["summary"], dict)
     assert 2.5 < float(s["duration_s"]) < 3.5
 
