@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import sys
@@ -39,9 +40,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from emotion_engine.audio.pcm import float32_to_int16
-from emotion_engine.config import MODEL_SAMPLE_RATE_HZ
+from emotion_engine.config import DEFAULT_ENGINE_PARAMS, MODEL_SAMPLE_RATE_HZ, EngineParams
 from emotion_engine.engine.pipeline import Engine
-from emotion_engine.errors import DatasetError
+from emotion_engine.errors import ConfigError, DatasetError
 from emotion_engine.frames import AudioChunk
 from emotion_engine.model.runtime import EmotionModel
 from emotion_engine.training.augment import g711_roundtrip
@@ -54,7 +55,7 @@ DEFAULT_HELD_OUT: tuple[str, ...] = (
     "ravdess_22",
     "ravdess_23",
     "ravdess_24",
-    "turevdb_",  # prefix: the first TurEV-DB speaker in sorted order (resolved at load)
+    "turevdb_",  # prefix: the first TurEV-DB speaker with neutral/calm and angry clips
 )
 NEUTRAL_EMOTIONS = ("neutral", "calm")
 RECALL_WINDOW_S = 3.0
@@ -84,12 +85,21 @@ def _rows(data_dir: Path) -> list[dict[str, str]]:
 
 
 def resolve_speakers(rows: Sequence[dict[str, str]], wanted: Sequence[str]) -> list[str]:
-    """Exact speaker ids, or for an entry ending in ``_`` the first speaker with that prefix."""
+    """Exact speaker ids, or for an entry ending in ``_`` the first speaker with that
+    prefix who has both neutral/calm and angry clips (a stitched call needs both)."""
     speakers = sorted({r["speaker"] for r in rows})
+    emotions: dict[str, set[str]] = {}
+    for r in rows:
+        emotions.setdefault(r["speaker"], set()).add(r["emotion"])
+
+    def usable(speaker: str) -> bool:
+        have = emotions[speaker]
+        return "angry" in have and bool(have & set(NEUTRAL_EMOTIONS))
+
     out: list[str] = []
     for w in wanted:
         if w.endswith("_"):
-            match = [s for s in speakers if s.startswith(w)]
+            match = [s for s in speakers if s.startswith(w) and usable(s)]
             if match:
                 out.append(match[0])
         elif w in speakers:
@@ -190,7 +200,8 @@ def run_call(engine: Engine, call: StitchedCall) -> list[dict[str, Any]]:
 def score(
     calls: Sequence[StitchedCall], spikes: Sequence[Sequence[dict[str, Any]]]
 ) -> dict[str, Any]:
-    delays: list[float] = []
+    delays: list[float] = []  # detected within the recall window
+    all_delays: list[float] = []  # detected at all during the anger segment
     hits = 0
     n_anger = 0
     false_spikes = 0
@@ -209,6 +220,8 @@ def score(
         after = [float(s.get("detected_at", s["t"])) - onset for s in angry_found]
         after = [d for d in after if d >= 0]
         delay = min(after) if after else None
+        if delay is not None:
+            all_delays.append(delay)
         if delay is not None and delay <= RECALL_WINDOW_S:
             hits += 1
             delays.append(delay)
@@ -220,6 +233,9 @@ def score(
         "spike_recall_3s": hits / n_anger if n_anger else None,
         "median_delay_s": float(np.median(delays)) if delays else None,
         "p90_delay_s": float(np.percentile(delays, 90)) if delays else None,
+        "detected_at_all": len(all_delays),
+        "median_delay_all_s": float(np.median(all_delays)) if all_delays else None,
+        "p90_delay_all_s": float(np.percentile(all_delays, 90)) if all_delays else None,
         "false_spikes": false_spikes,
         "neutral_hours": round(hours, 4),
         "false_spikes_per_hour": false_spikes / hours if hours else None,
@@ -245,6 +261,23 @@ def _filtered_data_dir(data_dir: Path, exclude: Sequence[str], into: Path) -> Pa
     return into
 
 
+def _engine_params(overrides: Sequence[str]) -> EngineParams:
+    """``KEY=VALUE`` strings -> engine parameters with those detector fields replaced."""
+    base = DEFAULT_ENGINE_PARAMS.detector
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not hasattr(base, key):
+            raise ConfigError(
+                f"--detector: expected KEY=VALUE with a DetectorParams field, got {item!r}"
+            )
+        current = getattr(base, key)
+        changes[key] = (
+            tuple(value.split(",")) if isinstance(current, tuple) else type(current)(value)
+        )
+    return dataclasses.replace(DEFAULT_ENGINE_PARAMS, detector=dataclasses.replace(base, **changes))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m emotion_engine.training.stitched",
@@ -260,10 +293,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--speakers", nargs="+", default=list(DEFAULT_HELD_OUT), help="held-out speakers"
     )
-    parser.add_argument("--calls-per-speaker", type=int, default=2)
+    parser.add_argument("--calls-per-speaker", type=int, default=4)
+    parser.add_argument(
+        "--save-model",
+        type=Path,
+        metavar="DIR",
+        help="keep the model trained without the held-out speakers in DIR (reuse with --model)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("models/detection.json"))
+    parser.add_argument(
+        "--detector",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override spike-detector parameters (config.DetectorParams), e.g. "
+        "smoothing_windows=2 min_duration_s=0.5",
+    )
     args = parser.parse_args(argv)
+    params = _engine_params(args.detector)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     speakers = resolve_speakers(_rows(args.data), args.speakers)
@@ -273,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             log.info("training a model without %s", speakers)
             filtered = _filtered_data_dir(args.data, speakers, Path(tmp) / "data")
-            model_path = run_train(data_dir=filtered, out_dir=Path(tmp) / "model", seed=args.seed)
+            model_dir = args.save_model or Path(tmp) / "model"
+            model_path = run_train(data_dir=filtered, out_dir=model_dir, seed=args.seed)
             model = EmotionModel.load(model_path)
         else:
             model = EmotionModel.load(args.model)
@@ -283,9 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             calls_per_speaker=args.calls_per_speaker,
         )
-        found = [run_call(Engine(model=model), call) for call in calls]
+        found = [run_call(Engine(model=model, params=params), call) for call in calls]
     result = score(calls, found)
     result["held_out_speakers"] = speakers
+    result["detector"] = dataclasses.asdict(params.detector)
     result["model"] = "trained without held-out speakers" if args.model is None else str(args.model)
     result["command"] = "python -m emotion_engine.training.stitched " + " ".join(
         argv or sys.argv[1:]
@@ -298,6 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result['median_delay_s']} s, p90 {result['p90_delay_s']} s; false spikes "
         f"{result['false_spikes']} in {result['neutral_hours'] * 60:.1f} min of neutral/calm speech "
         f"= {result['false_spikes_per_hour']:.1f} per hour"
+    )
+    print(
+        f"detected at all: {result['detected_at_all']} of {result['anger_segments']}, "
+        f"median delay {result['median_delay_all_s']} s, p90 {result['p90_delay_all_s']} s"
     )
     print(f"written to {args.out}")
     return 0
