@@ -265,9 +265,13 @@ class Engine:
 
     def _compute_lld(self, legs: list[_Leg]) -> None:
         """One batched LLD call over the new frames of every leg."""
-        with_frames = [leg for leg in legs if leg.new_frames is not None and len(leg.new_frames)]
+        # one pass: a `leg not in with_frames` test compared dataclasses field by field,
+        # O(n_legs**2) per tick (half the CPU time at 100 legs)
+        with_frames: list[_Leg] = []
         for leg in legs:
-            if leg not in with_frames:
+            if leg.new_frames is not None and len(leg.new_frames):
+                with_frames.append(leg)
+            else:
                 leg.new_frames = None
         if not with_frames:
             return
