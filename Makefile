@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the engine with its dev tools
 
-run: $(STAMP)  ## analyse the bundled demo call with the shipped model, cues printed live
-	$(BIN)/emotion-engine demo
+run: $(STAMP)  ## start the live server on localhost and stream the bundled demo call into it (Ctrl-C stops)
+	$(BIN)/emotion-engine serve --demo
 
 test: $(STAMP)  ## lint, type-check and run the test suite
 	$(BIN)/ruff check emotion_engine tests benchmarks

@@ -128,10 +128,29 @@ class ServeParams:
     tick_s: float = 0.1  # how often the engine batches queued audio
     replay_events: int = 10_000
     subscriber_queue: int = 2_000
+    # --- privacy and routing (issue 6) ---
+    # Emotion recognition at the workplace is restricted (EU AI Act, art. 5(1)(f)), so
+    # the agent's audio is dropped unanalysed unless this is switched on explicitly.
+    analyze_agent: bool = False
+    routing_rules: str = ""  # TOML rules file; empty: the built-in rules; "off": none
+    route_webhook_url: str = ""  # POST every route.hint here (JSON); empty: no webhook
+    route_webhook_token: str = ""  # sent as "Authorization: Bearer ..." when set
+    route_webhook_queue: int = 1_000  # hints awaiting delivery; when full, the oldest is dropped
+    route_webhook_retries: int = 3  # extra attempts after a failed POST (backoff 0.5 s x 2^n)
+    # --- end privacy and routing ---
     max_message_bytes: int = 1 << 20
 
 
 ENV_PREFIX = "EMOTION_ENGINE_"
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
 
 
 def load_serve_params(
@@ -174,6 +193,9 @@ def load_serve_params(
     for name, value in values.items():
         kind = type(getattr(ServeParams(), name))
         try:
+            if kind is bool and isinstance(value, str):
+                converted[name] = _parse_bool(value)  # bool("false") would be True
+                continue
             converted[name] = kind(value) if not isinstance(value, kind) else value
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{name}: {value!r} is not a valid {kind.__name__}") from exc

@@ -57,3 +57,7 @@ class EventError(EngineError, ValueError):
 
 class ProtocolError(EngineError, ValueError):
     """A malformed packet or message from an ingest peer."""
+
+
+class ServeError(EngineError):
+    """The server cannot start: a port is taken, a TLS file is unusable."""

@@ -39,7 +39,7 @@ from websockets.http11 import Request, Response
 from emotion_engine import __version__
 from emotion_engine.config import ServeParams
 from emotion_engine.engine.service import EngineService
-from emotion_engine.errors import ConfigError
+from emotion_engine.errors import ConfigError, ServeError
 from emotion_engine.ingest.audiohook import AudioHookSession
 from emotion_engine.ingest.audiosocket import AudioSocketSession
 from emotion_engine.ingest.base import Close, IngestOutput, ProtocolViolation, Reply
@@ -179,31 +179,51 @@ class EngineServer:
         ssl_ctx = None
         if p.tls_cert:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_ctx.load_cert_chain(p.tls_cert, p.tls_key)
+            try:
+                ssl_ctx.load_cert_chain(p.tls_cert, p.tls_key or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ServeError(
+                    f"cannot load TLS certificate {p.tls_cert} / key {p.tls_key}: {exc}"
+                ) from exc
+        try:
+            self._ws = await serve(
+                self._handle,
+                p.host,
+                p.port,
+                process_request=self._process_request,
+                ssl=ssl_ctx,
+                max_size=p.max_message_bytes,
+                server_header=f"emotion-engine/{__version__}",
+            )
+        except OSError as exc:
+            raise _bind_error("HTTP/websocket", p.host, p.port, "--port", exc) from exc
         self.service.start()
-        self._ws = await serve(
-            self._handle,
-            p.host,
-            p.port,
-            process_request=self._process_request,
-            ssl=ssl_ctx,
-            max_size=p.max_message_bytes,
-            server_header=f"emotion-engine/{__version__}",
-        )
         port = self._ws.sockets[0].getsockname()[1]
         rtp_port = None
         if p.rtp_port >= 0:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _RtpProtocol(self.rtp, self.service), local_addr=(p.host, p.rtp_port)
-            )
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _RtpProtocol(self.rtp, self.service), local_addr=(p.host, p.rtp_port)
+                )
+            except OSError as exc:
+                await self.stop()
+                raise _bind_error("RTP (UDP)", p.host, p.rtp_port, "--rtp-port", exc) from exc
             self._udp = transport
             rtp_port = transport.get_extra_info("sockname")[1]
             self._poller = loop.create_task(self._poll_rtp(), name="rtp-timeouts")
         as_port = None
         if p.audiosocket_port >= 0:
-            self._tcp = await loop.create_server(
-                lambda: _AudioSocketProtocol(self.service, "customer"), p.host, p.audiosocket_port
-            )
+            try:
+                self._tcp = await loop.create_server(
+                    lambda: _AudioSocketProtocol(self.service, "customer"),
+                    p.host,
+                    p.audiosocket_port,
+                )
+            except OSError as exc:
+                await self.stop()
+                raise _bind_error(
+                    "AudioSocket (TCP)", p.host, p.audiosocket_port, "--audiosocket-port", exc
+                ) from exc
             as_port = self._tcp.sockets[0].getsockname()[1]
         self.addresses = Addresses(
             host=p.host,
@@ -401,6 +421,13 @@ class EngineServer:
             self.service.submit(outputs or [], source="rtp")
             errors = [o.message for o in outputs or [] if isinstance(o, ProtocolViolation)]
             await ws.send(json.dumps({"ok": not errors, "error": "; ".join(errors) or None}))
+
+
+def _bind_error(what: str, host: str, port: int, option: str, exc: OSError) -> ServeError:
+    return ServeError(
+        f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}; "
+        f"pick another port with {option} (0 = any free port, -1 = off where allowed)"
+    )
 
 
 async def _discard_incoming(ws: ServerConnection) -> None:

@@ -18,6 +18,14 @@ Definitions (every statistic uses *speech* windows only, each standing for
   probable label of the mean.
 - peak-end score (Kahneman's peak-end rule): ``(peak.valence + end_state.valence) / 2``
   in [-1, 1]; ``peak_end_parts`` gives both terms.
+- recovery: did the call end better than its worst moment? ``delta`` =
+  ``end_state.valence - peak.valence``; ``outcome`` is ``no_low_point`` when the peak
+  never fell to :data:`LOW_POINT_VALENCE`, else ``recovered`` when ``delta`` reaches
+  :data:`RECOVERY_MARGIN` and ``not_recovered`` when it does not (the call ended about
+  as badly as its worst moment).
+- end mood: the end state in one word -- ``negative`` (valence <=
+  :data:`END_NEGATIVE_VALENCE`), ``positive`` (>= :data:`END_POSITIVE_VALENCE`) or
+  ``neutral``; what per-agent reports count.
 - time in each state: seconds of speech per window's most probable label; they sum
   to ``speech_s``.
 - ``duration_s``: from the leg's start to its end, speech or not.
@@ -48,6 +56,39 @@ VALENCE_WEIGHTS: dict[str, float] = {
     "surprised": 0.0,
 }
 """Sign of each label's contribution to valence; labels not listed count 0."""
+
+
+# --- recovery and end mood (issue 6) ---
+# The shipped model scores calm speech at a valence of about -0.1..-0.2 (neutral and
+# sad overlap on the phone band), so the cut-offs sit below that noise floor.
+LOW_POINT_VALENCE = -0.4
+"""A peak at or below this valence is a low point the call can recover from."""
+RECOVERY_MARGIN = 0.2
+"""The end must beat the peak's valence by this much to count as recovered."""
+END_NEGATIVE_VALENCE = -0.3
+END_POSITIVE_VALENCE = 0.2
+
+
+def recovery(*, peak_valence: float, end_valence: float) -> dict[str, Any]:
+    """``{"outcome": recovered | not_recovered | no_low_point, "delta": end - peak}``."""
+    delta = end_valence - peak_valence
+    if peak_valence > LOW_POINT_VALENCE:
+        outcome = "no_low_point"
+    elif delta >= RECOVERY_MARGIN:
+        outcome = "recovered"
+    else:
+        outcome = "not_recovered"
+    return {"outcome": outcome, "delta": delta}
+
+
+def end_mood(end_valence: float) -> str:
+    """``negative`` / ``neutral`` / ``positive`` for an end-state valence."""
+    if end_valence <= END_NEGATIVE_VALENCE:
+        return "negative"
+    return "positive" if end_valence >= END_POSITIVE_VALENCE else "neutral"
+
+
+# --- end recovery and end mood ---
 
 
 def valence(probabilities: Mapping[str, float]) -> float:
@@ -87,6 +128,8 @@ class CallSummary:
     end_state: EndState | None
     peak_end_score: float | None
     peak_end_parts: dict[str, float] | None
+    recovery: dict[str, Any] | None  # see recovery(); None when the party never spoke
+    end_mood: str | None  # see end_mood(); None when the party never spoke
     time_in_state_s: dict[str, float]
     mean_valence: float | None
     mean_arousal: float | None
@@ -205,6 +248,12 @@ class CallSummarizer:
             end_state=end_state,
             peak_end_score=peak_end,
             peak_end_parts=parts,
+            recovery=(
+                recovery(peak_valence=parts["peak_valence"], end_valence=parts["end_valence"])
+                if parts is not None
+                else None
+            ),
+            end_mood=end_mood(end_state.valence) if end_state is not None else None,
             time_in_state_s={
                 k: float(c) * hop for k, c in zip(self.labels, self._dominant_counts, strict=True)
             },

@@ -39,6 +39,19 @@ EMOTION_SPIKE: Final = "emotion.spike"
 CALL_END: Final = "call.end"
 EVENT_TYPES: tuple[str, ...] = (CALL_START, EMOTION_UPDATE, EMOTION_SPIKE, CALL_END)
 
+# --- routing hints (emotion_engine.routing) ---
+ROUTE_HINT: Final = "route.hint"
+DERIVED_EVENT_TYPES: tuple[str, ...] = (ROUTE_HINT,)
+"""Types derived from the engine's events by consumers inside the engine (the routing
+rules), kept apart from EVENT_TYPES, which lists what a call's tracker emits."""
+ROUTE_ACTIONS: tuple[str, ...] = (
+    "escalate",
+    "offer_callback",
+    "supervisor_listen_in",
+    "leave_script",
+)
+# --- end routing hints ---
+
 SPIKE_PHASES: tuple[str, ...] = ("start", "end")
 SPIKE_END_REASONS: tuple[str, ...] = ("score_fell", "silence", "call_end")
 
@@ -77,8 +90,11 @@ class Event:
     payload: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.type not in EVENT_TYPES:
-            raise EventError(f"unknown event type {self.type!r}; expected one of {EVENT_TYPES}")
+        if self.type not in EVENT_TYPES and self.type not in DERIVED_EVENT_TYPES:
+            raise EventError(
+                f"unknown event type {self.type!r}; "
+                f"expected one of {EVENT_TYPES + DERIVED_EVENT_TYPES}"
+            )
         if self.party not in PARTIES:
             raise EventError(f"unknown party {self.party!r}; expected one of {PARTIES}")
         if not math.isfinite(self.t) or self.t < 0:
@@ -261,3 +277,34 @@ def call_end(
     """``call.end`` at ``t`` (the leg's last audio) with ``reason`` (hangup, error,
     shutdown, ...) and the party's call summary (see ``detect.summary.CallSummary``)."""
     return Event(CALL_END, call_id, party, t, {"reason": reason, "summary": dict(summary)})
+
+
+def route_hint(
+    *,
+    call_id: str,
+    party: str,
+    t: float,
+    rule: str,
+    condition: str,
+    action: str,
+    skill: str | None,
+    priority: int,
+    reason: str,
+    evidence: Mapping[str, Any],
+) -> Event:
+    """``route.hint`` at ``t`` (call time when ``rule``'s ``condition`` held for
+    ``party``): what a routing system or supervisor should do (``action`` in
+    :data:`ROUTE_ACTIONS`, ``skill`` to route to, ``priority`` 1..10, higher more
+    urgent), a human ``reason`` and the numbers behind it (``evidence``)."""
+    if action not in ROUTE_ACTIONS:
+        raise EventError(f"route action {action!r} is not one of {ROUTE_ACTIONS}")
+    payload = {
+        "rule": rule,
+        "condition": condition,
+        "action": action,
+        "skill": skill,
+        "priority": priority,
+        "reason": reason,
+        "evidence": dict(evidence),
+    }
+    return Event(ROUTE_HINT, call_id, party, t, payload)

@@ -245,7 +245,8 @@ def score(
 
 def _filtered_data_dir(data_dir: Path, exclude: Sequence[str], into: Path) -> Path:
     """A copy of the shared layout without ``exclude`` speakers (symlinked audio)."""
-    for csv_path in sorted(data_dir.glob("*/labels.csv")):
+    # absolute targets: a relative --data path would give dangling symlinks
+    for csv_path in sorted(data_dir.resolve().glob("*/labels.csv")):
         corpus = into / csv_path.parent.name
         corpus.mkdir(parents=True)
         with csv_path.open(newline="", encoding="utf-8") as fh:
