@@ -228,6 +228,37 @@ def score(
         per_call.append({"call": call.name, "onset_s": round(onset, 2), "delay_s": delay})
     hours = neutral_s / 3600
     return {
+        **_totals(hits, n_anger, false_spikes, hours, delays, all_delays),
+        "by_corpus": _by_corpus(calls, spikes),
+        "calls": per_call,
+    }
+
+
+def _by_corpus(
+    calls: Sequence[StitchedCall], spikes: Sequence[Sequence[dict[str, Any]]]
+) -> dict[str, Any]:
+    """The same figures per corpus (the speaker id's prefix): languages differ."""
+    groups: dict[str, list[int]] = {}
+    for i, call in enumerate(calls):
+        groups.setdefault(call.speaker.split("_")[0], []).append(i)
+    if len(groups) < 2:
+        return {}
+    out: dict[str, Any] = {}
+    for corpus, idx in groups.items():
+        sub = score([calls[i] for i in idx], [spikes[i] for i in idx])
+        out[corpus] = {k: v for k, v in sub.items() if k not in ("calls", "by_corpus")}
+    return out
+
+
+def _totals(
+    hits: int,
+    n_anger: int,
+    false_spikes: int,
+    hours: float,
+    delays: list[float],
+    all_delays: list[float],
+) -> dict[str, Any]:
+    return {
         "anger_segments": n_anger,
         "detected_within_3s": hits,
         "spike_recall_3s": hits / n_anger if n_anger else None,
@@ -239,7 +270,6 @@ def score(
         "false_spikes": false_spikes,
         "neutral_hours": round(hours, 4),
         "false_spikes_per_hour": false_spikes / hours if hours else None,
-        "calls": per_call,
     }
 
 
