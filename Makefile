@@ -12,12 +12,21 @@ export EMOTION_ENGINE_DATA ?= $(DATA_DIR)
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-system-deps:  ## Debian packages the engine needs (PortAudio for the microphone)
-	@if ! ldconfig -p 2>/dev/null | grep -q 'libportaudio.so.2'; then \
-	  echo ">> installing libportaudio2 (microphone support)"; \
+system-deps:  ## Debian packages: PortAudio (microphone); sipp, PulseAudio (integration tests)
+	@# libasound2-plugins: ALSA's "pulse" device, the way PortAudio reaches PulseAudio.
+	@# --no-install-recommends: pulseaudio recommends logind/systemd, none of which the
+	@# tests' private daemon needs.
+	@missing=""; \
+	ldconfig -p 2>/dev/null | grep -q 'libportaudio.so.2' || missing="$$missing libportaudio2"; \
+	command -v sipp >/dev/null || missing="$$missing sip-tester"; \
+	command -v pulseaudio >/dev/null || missing="$$missing pulseaudio"; \
+	{ command -v pactl && command -v paplay; } >/dev/null || missing="$$missing pulseaudio-utils"; \
+	dpkg -s libasound2-plugins >/dev/null 2>&1 || missing="$$missing libasound2-plugins"; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> installing$$missing (microphone support; sipp and PulseAudio for the integration tests)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libportaudio2 >/dev/null \
-	  || echo "!! could not install libportaudio2: microphone ingest will be unavailable"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	  || echo "!! could not install$$missing: microphone ingest may be unavailable and tests/test_sipp.py, tests/test_mic.py will skip"; \
 	fi
 
 $(STAMP): pyproject.toml

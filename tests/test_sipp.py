@@ -10,6 +10,8 @@ sends INVITE, receives 200 OK, ACKs and replays, one after the other, in real ti
 2. the committed ``tests/data/rtp/pcmu_8k_angry.pcap`` (sequence number and
    timestamp wrap inside it).
 
+The committed capture alone is 4 s of one angry clip with no calm speech before it to
+set the call's baseline, and draws no anger spike; hence the lead-in.
 ``call.pcap`` carries the committed capture's SSRC and ends on the sequence number and
 timestamp just before the capture's first, so both files are one continuous stream:
 one leg, no loss. Then the UAC hangs up with BYE; the engine ends the leg after
@@ -89,7 +91,7 @@ def read_pcap_rtp(path: Path) -> list[RtpPacket]:
 
 
 def _ip_checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    total = int(sum(struct.unpack(f"!{len(header) // 2}H", header)))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return 0xFFFF - total
@@ -258,11 +260,15 @@ def uac_xml(*, first_pcap: Path, first_s: float, second_pcap: Path, second_s: fl
         ack_headers=headers("1 ACK"),
         bye_headers=headers("2 BYE"),
         first_pcap=first_pcap,
-        # play_pcap_audio returns at once (the replay runs on a thread); pausing for
-        # the file's length starts the next replay right after the last packet.
-        first_ms=round(first_s * 1000),
+        # play_pcap_audio returns at once (the replay runs on a thread): pausing for
+        # the file's length starts the next replay right after the last packet. A
+        # little more keeps the two threads from overlapping when one runs late; a
+        # gap in arrival time costs nothing (the jitter buffer orders by sequence
+        # number and timestamp, not by the clock).
+        first_ms=round(first_s * 1000) + 60,
         second_pcap=second_pcap,
-        second_ms=round(second_s * 1000) + 200,
+        # sipp ends a call's replay thread when the call ends (200 OK to BYE)
+        second_ms=round(second_s * 1000) + 500,
     )
 
 
@@ -317,6 +323,28 @@ def sipp_logs(tmp_path: Path) -> str:
     )
 
 
+async def first_of(
+    collecting: asyncio.Task[list[dict[str, Any]]],
+    *,
+    failing: tuple[asyncio.subprocess.Process, ...],
+) -> list[dict[str, Any]] | None:
+    """The events ``collecting`` gathers, or None as soon as one of the processes exits
+    non-zero first: a sipp that fails (a port taken, a bad scenario) fails the test at
+    once, with its messages, not after the wait for call.end."""
+    exits = {asyncio.create_task(proc.wait()) for proc in failing}
+    pending: set[asyncio.Task[Any]] = {collecting, *exits}
+    try:
+        while not collecting.done():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if any(task in exits and task.result() != 0 for task in done):
+                collecting.cancel()
+                return None
+        return collecting.result()
+    finally:
+        for task in exits:
+            task.cancel()
+
+
 # -- the test --------------------------------------------------------------------------
 
 
@@ -340,7 +368,7 @@ def test_sipp_call_rtp_reaches_engine(
             second_s=len(capture) * PACKET_SAMPLES / 8000,
         )
     )
-    common = ("-i", "127.0.0.1", "-mi", "127.0.0.1", "-m", "1", "-nostdin")
+    common: tuple[str, ...] = ("-i", "127.0.0.1", "-mi", "127.0.0.1", "-m", "1", "-nostdin")
     common += ("-timeout", "80s", "-timeout_error", "-trace_err", "-trace_screen")
 
     async def scenario() -> tuple[list[dict[str, Any]], str, Any, list[tuple[str, int, str]]]:
@@ -355,8 +383,8 @@ def test_sipp_call_rtp_reaches_engine(
                     "-sf", "uas.xml", "-p", str(uas_port), "-mp", str(uas_media), *common,
                     cwd=tmp_path,
                 )  # fmt: skip
-                # A UAC INVITE to a port nobody listens on yet draws ICMP "port
-                # unreachable", which sipp takes as a failed call: wait for the bind.
+                # An INVITE sent before the UAS binds is lost and only retransmitted
+                # 500 ms later: start the UAC once the UAS holds its port.
                 for _ in range(100):
                     if udp_port_taken(uas_port) or uas.returncode is not None:
                         break
@@ -365,17 +393,29 @@ def test_sipp_call_rtp_reaches_engine(
                     f"127.0.0.1:{uas_port}", "-sf", "uac.xml", "-mp", str(uac_media), *common,
                     cwd=tmp_path,
                 )  # fmt: skip
-                events = await collect_until(ws, count=1, timeout_s=80)
-                results = []
-                for name, proc in (("uac", uac), ("uas", uas)):
-                    _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-                    results.append((name, proc.returncode or 0, err.decode(errors="replace")))
+                collecting = asyncio.create_task(collect_until(ws, count=1, timeout_s=80))
+                try:
+                    heard = await first_of(collecting, failing=(uac, uas))
+                    if heard is None:  # the other sipp would wait for its timeout
+                        for proc in (uac, uas):
+                            if proc.returncode is None:
+                                proc.kill()
+                    results = []
+                    for name, proc in (("uac", uac), ("uas", uas)):
+                        _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+                        results.append((name, proc.returncode or 0, err.decode(errors="replace")))
+                finally:
+                    for proc in (uac, uas):
+                        if proc.returncode is None:
+                            proc.kill()
+                            await proc.wait()
+                if heard is None:
+                    return [], "", None, results
             base = f"http://127.0.0.1:{addr.port}"
             metrics = await asyncio.to_thread(
                 lambda: urllib.request.urlopen(base + "/metrics").read().decode()
             )
-            call_id = events[-1]["call_id"]
-            return events, metrics, server.rtp.leg_stats(call_id), results
+            return heard, metrics, server.rtp.leg_stats(heard[-1]["call_id"]), results
 
     events, metrics, stats, results = asyncio.run(asyncio.wait_for(scenario(), timeout=110))
 

@@ -17,7 +17,7 @@ import sys
 import uuid
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -80,7 +80,7 @@ async def run_mic(args: argparse.Namespace) -> int:
     model = EmotionModel.load(Path(args.model) if args.model else DEFAULT_MODEL_DIR)
     service = EngineService(engine=Engine(model=model))
     cues = CueFormatter()
-    out = args.out.open("w", encoding="utf-8") if args.out else None
+    out: TextIO | None = None
 
     def show(event: dict[str, Any]) -> None:
         line = cues.format(event)
@@ -110,11 +110,8 @@ async def run_mic(args: argparse.Namespace) -> int:
             log.warning("microphone: %s", status)
         loop.call_soon_threadsafe(on_block, indata[:, 0].copy())
 
-    service.start()
-    service.submit(
-        [LegStarted(call_id, args.party, rate, info={"device": str(args.device or "default")})],
-        source="mic",
-    )
+    # Open (not yet start) the device before the call begins: a bad --device is then
+    # one error line, not a call.start/call.end pair for audio that never existed.
     try:
         stream = sd.InputStream(
             device=_resolve_device(args.device),
@@ -125,10 +122,15 @@ async def run_mic(args: argparse.Namespace) -> int:
             callback=_callback,
         )
     except Exception as exc:
-        await service.stop()
         raise MicError(
             f"cannot open input device {args.device or 'default'} at {rate} Hz: {exc}"
         ) from exc
+    out = args.out.open("w", encoding="utf-8") if args.out else None
+    service.start()
+    service.submit(
+        [LegStarted(call_id, args.party, rate, info={"device": str(args.device or "default")})],
+        source="mic",
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
         with suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
