@@ -12,7 +12,7 @@ export EMOTION_ENGINE_DATA ?= $(DATA_DIR)
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-system-deps:  ## Debian packages: PortAudio (microphone); sipp, PulseAudio (integration tests)
+system-deps:  ## Debian packages: PortAudio (microphone); sipp, PulseAudio, Chromium (integration tests)
 	@# libasound2-plugins: ALSA's "pulse" device, the way PortAudio reaches PulseAudio.
 	@# --no-install-recommends: pulseaudio recommends logind/systemd, none of which the
 	@# tests' private daemon needs.
@@ -22,11 +22,12 @@ system-deps:  ## Debian packages: PortAudio (microphone); sipp, PulseAudio (inte
 	command -v pulseaudio >/dev/null || missing="$$missing pulseaudio"; \
 	{ command -v pactl && command -v paplay; } >/dev/null || missing="$$missing pulseaudio-utils"; \
 	dpkg -s libasound2-plugins >/dev/null 2>&1 || missing="$$missing libasound2-plugins"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
-	  echo ">> installing$$missing (microphone support; sipp and PulseAudio for the integration tests)"; \
+	  echo ">> installing$$missing (microphone support; sipp, PulseAudio and Chromium for the integration tests)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
-	  || echo "!! could not install$$missing: microphone ingest may be unavailable and tests/test_sipp.py, tests/test_mic.py will skip"; \
+	  || echo "!! could not install$$missing: microphone ingest may be unavailable and tests/test_sipp.py, tests/test_mic.py, tests/test_agent_page.py will skip"; \
 	fi
 
 $(STAMP): pyproject.toml

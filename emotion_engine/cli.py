@@ -1,4 +1,5 @@
-"""``emotion-engine`` command line: serve | analyze | demo | mic | train | evaluate.
+"""``emotion-engine`` command line: serve | analyze | demo | mic | report | rules | train |
+evaluate | bench.
 
 Every subcommand has ``--help``; logs go to stderr (``-v`` for more), events to
 stdout or ``--out`` as JSON lines, one per event.
@@ -142,6 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cli.add_mic_arguments(mic)
     mic.set_defaults(func=serve_cli.cmd_mic)
+
+    from emotion_engine import report as report_mod
+    from emotion_engine import routing as routing_mod
+
+    report = sub.add_parser(
+        "report",
+        help="per-agent end-of-call table (and PNG) from recorded events",
+        description=report_mod.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report_mod.add_arguments(report)
+    report.set_defaults(func=report_mod.main)
+
+    rules = sub.add_parser(
+        "rules",
+        help="check a routing-rules file, print the built-in rules, or replay events through rules",
+        description=routing_mod.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    routing_mod.add_arguments(rules)
+    rules.set_defaults(func=routing_mod.main)
 
     from emotion_engine.training import evaluate as evaluate_mod
     from emotion_engine.training import train as train_mod

@@ -79,6 +79,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"end an RTP leg after this much network silence (default {d.rtp_leg_timeout_s})",
     )
     parser.add_argument(
+        "--analyze-agent",
+        action="store_true",
+        default=None,
+        help="also analyse the agent's voice (off by default: emotion recognition of "
+        "employees is prohibited or restricted in some jurisdictions, e.g. the EU AI Act)",
+    )
+    parser.add_argument(
+        "--routing-rules",
+        default=None,
+        metavar="FILE",
+        help="routing rules (TOML) that turn moments into route.hint events; 'off' for none "
+        "(default: the built-in rules, see 'emotion-engine rules --default')",
+    )
+    parser.add_argument(
+        "--route-webhook",
+        default=None,
+        metavar="URL",
+        help="also POST every route.hint to this URL (retries, bounded queue)",
+    )
+    parser.add_argument(
         "--demo",
         action="store_true",
         help="stream the bundled demo call into the server over the L16 websocket, in real time, and print cues",
@@ -100,6 +120,9 @@ def params_from_args(args: argparse.Namespace) -> ServeParams:
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "rtp_leg_timeout_s": args.rtp_leg_timeout_s,
+        "analyze_agent": args.analyze_agent,
+        "routing_rules": args.routing_rules,
+        "route_webhook_url": args.route_webhook,
     }
     return load_serve_params(config_file=args.config, overrides=overrides)
 

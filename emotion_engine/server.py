@@ -6,10 +6,15 @@ One HTTP/websocket listener (``--port``) carries:
 - ``/v1/media/twilio``, ``/v1/media/audiohook``, ``/v1/media/l16``: media websockets
 - ``/v1/control``: JSON commands, e.g. naming an RTP leg before or after its first packet
 - ``GET /healthz`` and ``GET /metrics`` (Prometheus)
+- ``GET /``: the agent-assist page (static files from ``emotion_engine/web``; it holds
+  no data and needs no token: the page passes ``?token=`` on to ``/v1/events``)
 
 plus RTP on UDP ``--rtp-port`` and Asterisk AudioSocket on TCP ``--audiosocket-port``.
 Every adapter feeds bytes to its protocol core and hands the outputs to
 :class:`EngineService`; replies go back to the peer; nothing here parses audio.
+
+Privacy: only the customer's audio is analysed unless ``ServeParams.analyze_agent``
+is on; routing rules (``emotion_engine.routing``) add ``route.hint`` events.
 
 Authentication: with a token configured, websockets need ``Authorization: Bearer
 TOKEN`` (or ``?token=TOKEN`` for browsers, which cannot set headers); AudioHook
@@ -24,6 +29,7 @@ import http
 import ipaddress
 import json
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,8 +42,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from emotion_engine import __version__
-from emotion_engine.config import ServeParams
+from emotion_engine import __version__, web
+from emotion_engine.config import PARTIES, ServeParams
 from emotion_engine.engine.service import EngineService
 from emotion_engine.errors import ConfigError, ServeError
 from emotion_engine.ingest.audiohook import AudioHookSession
@@ -48,10 +54,29 @@ from emotion_engine.ingest.rtp import RtpIngest
 from emotion_engine.ingest.twilio import TwilioMediaSession
 from emotion_engine.publish.events import to_json
 from emotion_engine.publish.hub import EventFilter
+from emotion_engine.routing import Routing
 
 log = logging.getLogger(__name__)
 
 RTP_POLL_S = 0.5
+RTP_DRAIN_MAX = 256  # datagrams per wake-up, so other sockets still get their turn
+RTP_MAX_DATAGRAM = 2048
+RTP_RCVBUF_BYTES = 4 << 20  # ~0.2 s of 1,000 legs queued while the engine holds the GIL
+
+
+def _rtp_socket(host: str, port: int) -> socket.socket:
+    """A bound UDP socket with a large receive buffer (the kernel caps it at
+    net.core.rmem_max; the 208 KiB default holds only ~100 datagrams on loopback)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RTP_RCVBUF_BYTES)
+        sock.bind(address)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _MediaSession(Protocol):
@@ -90,6 +115,7 @@ class Addresses:
             "control": f"{ws}://{base}/v1/control",
             "health": f"{self.scheme}://{base}/healthz",
             "metrics": f"{self.scheme}://{base}/metrics",
+            "agent_assist": f"{self.scheme}://{base}/",
         }
         if self.rtp_port is not None:
             out["rtp"] = f"udp://{self.host}:{self.rtp_port}"
@@ -99,18 +125,37 @@ class Addresses:
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, core: RtpIngest, service: EngineService) -> None:
+    """Hands RTP datagrams to the core, draining the socket on every wake-up.
+
+    asyncio reads one datagram per readiness event, and each wake-up of the event
+    loop has to win the GIL back from the engine thread (up to the 5 ms switch
+    interval): at 100 legs (5,000 packets/s) one packet per wake-up fell behind and
+    the kernel dropped packets. So every callback reads whatever else is queued.
+    """
+
+    def __init__(self, core: RtpIngest, service: EngineService, sock: socket.socket) -> None:
         self.core = core
         self.service = service
+        self.sock = sock
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            outputs = self.core.receive_datagram(data, (str(addr[0]), int(addr[1])), loop.time())
-        except Exception:
-            log.exception("rtp: packet from %s:%s could not be handled", addr[0], addr[1])
-            self.service.metrics.protocol_error("rtp")
-            return
+        now = asyncio.get_running_loop().time()
+        outputs: list[IngestOutput] = []
+        for n in range(1, RTP_DRAIN_MAX + 1):
+            try:
+                outputs += self.core.receive_datagram(data, (str(addr[0]), int(addr[1])), now)
+            except Exception:
+                log.exception("rtp: packet from %s:%s could not be handled", addr[0], addr[1])
+                self.service.metrics.protocol_error("rtp")
+            if n == RTP_DRAIN_MAX:  # the rest waits for the next wake-up, still queued
+                break
+            try:
+                data, addr = self.sock.recvfrom(RTP_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP errors queued on the socket
+                self.error_received(exc)
+                break
         self.service.submit(outputs, source="rtp")
 
     def error_received(self, exc: Exception) -> None:
@@ -162,6 +207,17 @@ class EngineServer:
         self._poller: asyncio.Task[None] | None = None
         self._subscriber_tasks: set[asyncio.Task[None]] = set()
         self.addresses: Addresses | None = None
+        # --- privacy and routing (issue 6) ---
+        service.parties = frozenset(PARTIES if params.analyze_agent else ("customer",))
+        if params.rtp_party == "agent" and not params.analyze_agent:
+            log.warning("rtp_party is 'agent' but analyze_agent is off: RTP legs are not analysed")
+        self.routing = Routing.from_params(
+            params,
+            labels=service.engine.model.labels,
+            spike_emotions=service.engine.params.detector.spike_emotions,
+        )
+        self.routing.attach(service)
+        # --- end privacy and routing ---
         service.metrics.counter_fn(
             "emotion_engine_rtp_packets_lost_total",
             "RTP packets missing at playout (concealed), all legs.",
@@ -198,12 +254,14 @@ class EngineServer:
         except OSError as exc:
             raise _bind_error("HTTP/websocket", p.host, p.port, "--port", exc) from exc
         self.service.start()
+        self.routing.start()
         port = self._ws.sockets[0].getsockname()[1]
         rtp_port = None
         if p.rtp_port >= 0:
             try:
+                sock = _rtp_socket(p.host, p.rtp_port)
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _RtpProtocol(self.rtp, self.service), local_addr=(p.host, p.rtp_port)
+                    lambda: _RtpProtocol(self.rtp, self.service, sock), sock=sock
                 )
             except OSError as exc:
                 await self.stop()
@@ -249,6 +307,7 @@ class EngineServer:
             self._tcp.close()
         self.service.submit(self.rtp.close("shutdown"), source="rtp")
         await self.service.stop()
+        await asyncio.to_thread(self.routing.stop)  # webhook: deliver the last hints
         await asyncio.sleep(0.2)  # let subscriber tasks flush the final events
         if self._ws is not None:
             self._ws.close()
@@ -289,6 +348,9 @@ class EngineServer:
                 self.service.metrics.render(),
                 "text/plain; version=0.0.4",
             )
+        asset = web.asset(path)
+        if asset is not None:
+            return _static(connection, *asset)
         if path not in _ROUTES:
             return self._reject(connection, http.HTTPStatus.NOT_FOUND, f"no such path {path}")
         if path == "/v1/media/audiohook" and self._audiohook_key():
@@ -444,6 +506,12 @@ def _response(
         [(k, v) for k, v in response.headers.raw_items() if k.lower() != "content-type"]
         + [("Content-Type", content_type)]
     )
+    return response
+
+
+def _static(connection: ServerConnection, body: str, content_type: str) -> Response:
+    response = _response(connection, http.HTTPStatus.OK, body, content_type)
+    response.headers.update(web.HEADERS)
     return response
 
 

@@ -95,7 +95,8 @@ def test_l16_stereo_websocket_gives_both_parties(model: EmotionModel, call_pcm: 
     )  # agent: same voice reversed (no clean spike)
 
     async def scenario() -> list[dict[str, Any]]:
-        async with running(model) as server:
+        # the agent's side is analysed only when switched on (privacy default: off)
+        async with running(model, replace(LOOPBACK, analyze_agent=True)) as server:
             url = server.addresses.urls()["l16"]  # type: ignore[union-attr]
             return await _stream_and_collect(
                 server,

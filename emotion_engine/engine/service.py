@@ -8,6 +8,11 @@ in order and runs one batched features -> model -> detector step for every leg w
 new audio. Network I/O therefore never waits for inference. While a step runs,
 new commands simply accumulate for the next one.
 
+Privacy: only the parties in :attr:`EngineService.parties` are analysed; audio of any
+other party is dropped in :meth:`EngineService.submit`, before it is queued, so it is
+never featurised, scored or published. ``EngineServer`` sets this from
+``ServeParams.analyze_agent`` (off by default: customer only).
+
 Failures stay local: a bad command (unknown leg, unsupported rate, a chunk that is
 not int16) is logged and counted; a leg whose processing raises is ended with a
 ``call.end`` whose reason is ``error``; the service and the other legs go on.
@@ -18,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from emotion_engine.config import PARTIES
 from emotion_engine.engine.pipeline import Engine
 from emotion_engine.errors import EngineError
 from emotion_engine.frames import AudioChunk
@@ -71,6 +78,17 @@ class EngineService:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        # --- party filter and event processors (issue 6) ---
+        self.parties: frozenset[str] = frozenset(PARTIES)
+        self.chunks_not_analysed = 0
+        self._processors: list[Callable[[dict[str, Any]], list[Event]]] = []
+        self.metrics.counter_fn(
+            "emotion_engine_chunks_not_analysed_total",
+            "Audio chunks dropped unanalysed because their party is not analysed "
+            "(the agent, unless analyze_agent is on).",
+            lambda: float(self.chunks_not_analysed),
+        )
+        # --- end party filter and event processors ---
         self._warned: set[tuple[str, str]] = set()
         self.active_legs = 0
         self.metrics.gauge(
@@ -87,8 +105,23 @@ class EngineService:
     # -- called on the event loop by ingest adapters ---------------------------------
 
     def submit(self, outputs: Iterable[IngestOutput], *, source: str) -> None:
-        """Queue what an ingest core produced. Replies and closes are the adapter's job."""
+        """Queue what an ingest core produced. Replies and closes are the adapter's job.
+        Legs, audio and ends of a party not in :attr:`parties` are dropped here."""
         for out in outputs:
+            if (
+                isinstance(out, AudioChunk | LegStarted | LegEnded)
+                and out.party not in self.parties
+            ):
+                if isinstance(out, AudioChunk):
+                    self.chunks_not_analysed += 1
+                elif isinstance(out, LegStarted):
+                    log.info(
+                        "%s: %s leg of call %s not analysed (party analysis is off)",
+                        source,
+                        out.party,
+                        out.call_id,
+                    )
+                continue
             if isinstance(out, AudioChunk):
                 self._commands.append(out)
                 self.metrics.chunks_total += 1
@@ -113,6 +146,12 @@ class EngineService:
     def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """Call ``listener`` with every published event (console cues, tests)."""
         self._listeners.append(listener)
+
+    def add_processor(self, processor: Callable[[dict[str, Any]], list[Event]]) -> None:
+        """Feed every published event to ``processor`` (on the event loop, so it must be
+        cheap); the events it returns are published right after the one that caused
+        them, and fed to the processors in turn (e.g. routing rules -> ``route.hint``)."""
+        self._processors.append(processor)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -149,14 +188,22 @@ class EngineService:
             self._publish(events)
 
     def _publish(self, events: list[Event]) -> None:
-        for event in events:
-            stamped = self.hub.publish(event)
+        pending = deque(events)
+        while pending:
+            stamped = self.hub.publish(pending.popleft())
             self.metrics.events_published_total += 1
             for listener in self._listeners:
                 try:
                     listener(stamped)
                 except Exception:
                     log.exception("event listener failed")
+            derived: list[Event] = []
+            for processor in self._processors:
+                try:
+                    derived += processor(stamped)
+                except Exception:
+                    log.exception("event processor failed")
+            pending.extendleft(reversed(derived))  # right after their cause, in order
 
     # -- the worker thread ----------------------------------------------------------
 
