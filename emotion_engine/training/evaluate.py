@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from emotion_engine.errors import ConfigError, DatasetError, ModelError
+from emotion_engine.errors import DatasetError
 from emotion_engine.training.data import AROUSAL_LEVELS, NO_LABEL, Dataset, load_dataset
 from emotion_engine.training.metrics import accuracy, confusion_matrix, roc_auc, uar
 from emotion_engine.training.train import CANDIDATES, DEFAULT_CANDIDATE, FittedModel, fit_model
@@ -604,15 +604,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _parser = argparse.ArgumentParser(
+    from emotion_engine.training._entry import run_module
+
+    run_module(
         prog="python -m emotion_engine.training.evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
+        add_arguments=add_arguments,
+        main=main,
     )
-    add_arguments(_parser)
-    try:
-        sys.exit(main(_parser.parse_args()))
-    except (DatasetError, ModelError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)

@@ -487,15 +487,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _parser = argparse.ArgumentParser(
+    from emotion_engine.training._entry import run_module
+
+    run_module(
         prog="python -m emotion_engine.training.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
+        add_arguments=add_arguments,
+        main=main,
     )
-    add_arguments(_parser)
-    try:
-        sys.exit(main(_parser.parse_args()))
-    except (DatasetError, ModelError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
