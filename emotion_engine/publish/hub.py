@@ -72,15 +72,20 @@ class Subscriber:
         if not self.filter.matches(event):
             return
         if len(self.queue) >= self.max_queue:
-            first = next((e["seq"] for e in self.queue if e.get("type") != "events.lost"), None)
-            lost = sum(1 for e in self.queue if e.get("type") != "events.lost")
-            lost += sum(
-                int(e.get("count", 0)) for e in self.queue if e.get("type") == "events.lost"
-            )
+            notices = [e for e in self.queue if e.get("type") == "events.lost"]
+            dropped_now = [e["seq"] for e in self.queue if e.get("type") != "events.lost"]
+            # an earlier notice still queued is folded into the new one, so the
+            # subscriber sees one range from the first seq it never got
+            starts = [int(n["from_seq"]) for n in notices] + dropped_now
+            count = len(dropped_now) + sum(int(n.get("count", 0)) for n in notices)
             self.queue.clear()
-            self.dropped += lost
+            self.dropped += len(dropped_now)
             self.queue.append(
-                lost_message(count=lost, from_seq=first or event["seq"], to_seq=event["seq"] - 1)
+                lost_message(
+                    count=count,
+                    from_seq=min(starts) if starts else event["seq"],
+                    to_seq=event["seq"] - 1,
+                )
             )
         self.queue.append(event)
         if self.wake is not None:
