@@ -12,7 +12,7 @@ export EMOTION_ENGINE_DATA ?= $(DATA_DIR)
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-system-deps:  ## Debian packages: PortAudio (microphone); sipp, PulseAudio, Chromium (integration tests)
+system-deps:  ## Debian packages: PortAudio (microphone); sipp, baresip, PulseAudio, Chromium (integration tests)
 	@# libasound2-plugins: ALSA's "pulse" device, the way PortAudio reaches PulseAudio.
 	@# --no-install-recommends: pulseaudio recommends logind/systemd, none of which the
 	@# tests' private daemon needs.
@@ -23,11 +23,12 @@ system-deps:  ## Debian packages: PortAudio (microphone); sipp, PulseAudio, Chro
 	{ command -v pactl && command -v paplay; } >/dev/null || missing="$$missing pulseaudio-utils"; \
 	dpkg -s libasound2-plugins >/dev/null 2>&1 || missing="$$missing libasound2-plugins"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v baresip >/dev/null || missing="$$missing baresip-core"; \
 	if [ -n "$$missing" ]; then \
-	  echo ">> installing$$missing (microphone support; sipp, PulseAudio and Chromium for the integration tests)"; \
+	  echo ">> installing$$missing (microphone support; sipp, baresip, PulseAudio and Chromium for the integration tests)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
-	  || echo "!! could not install$$missing: microphone ingest may be unavailable and tests/test_sipp.py, tests/test_mic.py, tests/test_agent_page.py will skip"; \
+	  || echo "!! could not install$$missing: microphone ingest may be unavailable and tests/test_sipp.py, tests/test_sip_sipp.py, tests/test_sip_baresip.py, tests/test_mic.py, tests/test_agent_page.py will skip"; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -65,7 +66,7 @@ train: $(STAMP)  ## retrain the shipped model from ../shared/data (seed 0)
 	$(BIN)/emotion-engine train --data $(DATA_DIR) --out models --seed 0
 
 evaluate: $(STAMP)  ## model card numbers: RAVDESS speaker k-fold + leave-one-corpus-out vs eGeMAPS+SVM
-	$(BIN)/emotion-engine evaluate --data $(DATA_DIR) --card models/README.md
+	$(BIN)/emotion-engine evaluate --data $(DATA_DIR) --card models/README.md --harness
 
 bench: $(STAMP)  ## benchmarks (results in benchmarks/results/)
 	$(BIN)/emotion-engine bench

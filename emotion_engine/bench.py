@@ -113,6 +113,14 @@ def _run_one(name: str, flags: list[str], json_out: Path) -> dict[str, Any]:
     return result
 
 
+def _command() -> str:
+    """How this run was started, for the record."""
+    argv = sys.argv
+    if len(argv) > 1 and argv[1] == "bench":
+        return shlex.join(["emotion-engine", *argv[1:]])
+    return shlex.join(["python", "-m", "emotion_engine.bench", *argv[1:]])
+
+
 def _targets_table(targets: list[dict[str, Any]]) -> str:
     lines = ["| benchmark | target | goal | measured | met |", "|---|---|---|---|---|"]
     for t in targets:
@@ -151,9 +159,7 @@ def main(args: argparse.Namespace) -> int:
     ]
     doc = {
         "started_utc": started_at.isoformat(timespec="seconds"),
-        "command": shlex.join(["emotion-engine", "bench", *sys.argv[2:]])
-        if len(sys.argv) > 1 and sys.argv[1] == "bench"
-        else "emotion-engine bench",
+        "command": _command(),
         "quick": bool(args.quick),
         "git": git,
         "machine": first.get("machine", {}),

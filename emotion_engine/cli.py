@@ -165,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     routing_mod.add_arguments(rules)
     rules.set_defaults(func=routing_mod.main)
 
+    from emotion_engine import bench as bench_mod
+
+    bench = sub.add_parser(
+        "bench",
+        help="latency, throughput, openSMILE comparison, end-to-end RTP and detection-delay benchmarks",
+        description=bench_mod.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_mod.add_arguments(bench)
+    bench.set_defaults(func=bench_mod.main)
+
     from emotion_engine.training import evaluate as evaluate_mod
     from emotion_engine.training import train as train_mod
 

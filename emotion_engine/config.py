@@ -138,6 +138,17 @@ class ServeParams:
     route_webhook_queue: int = 1_000  # hints awaiting delivery; when full, the oldest is dropped
     route_webhook_retries: int = 3  # extra attempts after a failed POST (backoff 0.5 s x 2^n)
     # --- end privacy and routing ---
+    # --- SIP user agent server (issue 7; emotion_engine/sip_server.py) ---
+    sip: str = ""  # "HOST:PORT" for SIP over UDP and TCP (port 0: any); empty: off
+    sip_rtp_ports: str = "40100-40999"  # RTP ports for answered streams, LOW-HIGH; "0": any
+    sip_party: str = "customer"  # party of a plain call (Request-URI user agent@ overrides)
+    sip_siprec_order: str = "customer,agent"  # parties of SIPREC participants, in metadata order
+    sip_auth_user: str = ""  # digest credentials new calls must present; empty: none
+    sip_auth_password: str = ""
+    sip_allow: str = ""  # comma-separated source addresses/networks for SIP and RTP; empty: any
+    sip_advertise: str = ""  # address for Contact and SDP (behind NAT); empty: the local one
+    sip_answer_delay_s: float = 0.0  # ring (180) this long before answering
+    # --- end SIP ---
     max_message_bytes: int = 1 << 20
 
 

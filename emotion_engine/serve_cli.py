@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from emotion_engine.config import ServeParams, load_serve_params
+from emotion_engine.config import PARTIES, ServeParams, load_serve_params
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,69 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="also POST every route.hint to this URL (retries, bounded queue)",
     )
+    # --- SIP (issue 7) ---
+    sip = parser.add_argument_group(
+        "SIP",
+        "Answer SIP calls and SIPREC sessions (RFC 7866): a PBX, softphone or SBC calls "
+        "the engine and sends G.711 RTP. See docs/sip.md for Asterisk, FreeSWITCH, "
+        "Kamailio/rtpengine and SBC set-ups.",
+    )
+    sip.add_argument(
+        "--sip",
+        default=None,
+        metavar="HOST:PORT",
+        help="listen for SIP on UDP and TCP (port 0 = any; default off). A non-loopback "
+        "HOST needs --sip-allow or --sip-auth-user",
+    )
+    sip.add_argument(
+        "--sip-rtp-ports",
+        default=None,
+        metavar="LOW-HIGH",
+        help=f"RTP ports for answered streams, even ones used (default {d.sip_rtp_ports}; "
+        "0 = any free port)",
+    )
+    sip.add_argument(
+        "--sip-party",
+        default=None,
+        choices=PARTIES,
+        help=f"party of a plain call's audio (default {d.sip_party}; calling "
+        "sip:agent@... or sip:customer@... picks it per call)",
+    )
+    sip.add_argument(
+        "--sip-siprec-order",
+        default=None,
+        metavar="PARTY,PARTY",
+        help="parties of SIPREC participants in the metadata's order (or of the m-lines "
+        f"without metadata; default {d.sip_siprec_order})",
+    )
+    sip.add_argument(
+        "--sip-auth-user",
+        default=None,
+        help="digest user new calls must authenticate as (password: --sip-auth-password "
+        "or env EMOTION_ENGINE_SIP_AUTH_PASSWORD)",
+    )
+    sip.add_argument("--sip-auth-password", default=None, help="digest password")
+    sip.add_argument(
+        "--sip-allow",
+        default=None,
+        metavar="NETS",
+        help="comma-separated source addresses/networks allowed to send SIP and RTP, "
+        "e.g. 10.0.0.0/8,192.0.2.7 (default: any)",
+    )
+    sip.add_argument(
+        "--sip-advertise",
+        default=None,
+        metavar="ADDRESS",
+        help="address put in Contact and SDP instead of the local one (NAT)",
+    )
+    sip.add_argument(
+        "--sip-answer-delay-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="ring (180) this long before answering (default 0: answer at once)",
+    )
+    # --- end SIP ---
     parser.add_argument(
         "--demo",
         action="store_true",
@@ -123,6 +186,17 @@ def params_from_args(args: argparse.Namespace) -> ServeParams:
         "analyze_agent": args.analyze_agent,
         "routing_rules": args.routing_rules,
         "route_webhook_url": args.route_webhook,
+        # --- SIP (issue 7) ---
+        "sip": args.sip,
+        "sip_rtp_ports": args.sip_rtp_ports,
+        "sip_party": args.sip_party,
+        "sip_siprec_order": args.sip_siprec_order,
+        "sip_auth_user": args.sip_auth_user,
+        "sip_auth_password": args.sip_auth_password,
+        "sip_allow": args.sip_allow,
+        "sip_advertise": args.sip_advertise,
+        "sip_answer_delay_s": args.sip_answer_delay_s,
+        # --- end SIP ---
     }
     return load_serve_params(config_file=args.config, overrides=overrides)
 

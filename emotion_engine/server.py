@@ -9,7 +9,8 @@ One HTTP/websocket listener (``--port``) carries:
 - ``GET /``: the agent-assist page (static files from ``emotion_engine/web``; it holds
   no data and needs no token: the page passes ``?token=`` on to ``/v1/events``)
 
-plus RTP on UDP ``--rtp-port`` and Asterisk AudioSocket on TCP ``--audiosocket-port``.
+plus RTP on UDP ``--rtp-port``, Asterisk AudioSocket on TCP ``--audiosocket-port``
+and, when configured, SIP calls and SIPREC sessions on ``--sip`` (:mod:`emotion_engine.sip_server`).
 Every adapter feeds bytes to its protocol core and hands the outputs to
 :class:`EngineService`; replies go back to the peer; nothing here parses audio.
 
@@ -33,7 +34,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server as WsServer
@@ -55,6 +56,9 @@ from emotion_engine.ingest.twilio import TwilioMediaSession
 from emotion_engine.publish.events import to_json
 from emotion_engine.publish.hub import EventFilter
 from emotion_engine.routing import Routing
+
+if TYPE_CHECKING:
+    from emotion_engine.sip_server import SipServer
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,8 @@ class Addresses:
     rtp_port: int | None
     audiosocket_port: int | None
     scheme: str
+    sip_port: int | None = None  # SIP over UDP and TCP (issue 7)
+    sip_host: str = ""  # where SIP listens, when not on ``host``
 
     def urls(self) -> dict[str, str]:
         ws = "wss" if self.scheme == "https" else "ws"
@@ -121,6 +127,8 @@ class Addresses:
             out["rtp"] = f"udp://{self.host}:{self.rtp_port}"
         if self.audiosocket_port is not None:
             out["audiosocket"] = f"tcp://{self.host}:{self.audiosocket_port}"
+        if self.sip_port is not None:
+            out["sip"] = f"sip:engine@{self.sip_host or self.host}:{self.sip_port}"
         return out
 
 
@@ -129,8 +137,9 @@ class _RtpProtocol(asyncio.DatagramProtocol):
 
     asyncio reads one datagram per readiness event, and each wake-up of the event
     loop has to win the GIL back from the engine thread (up to the 5 ms switch
-    interval): at 100 legs (5,000 packets/s) one packet per wake-up fell behind and
-    the kernel dropped packets. So every callback reads whatever else is queued.
+    interval): from 50 legs (2,500 packets/s) one packet per wake-up fell behind and
+    the kernel dropped packets (benchmarks/end_to_end). So every callback reads
+    whatever else is queued.
     """
 
     def __init__(self, core: RtpIngest, service: EngineService, sock: socket.socket) -> None:
@@ -218,6 +227,13 @@ class EngineServer:
         )
         self.routing.attach(service)
         # --- end privacy and routing ---
+        # --- SIP (issue 7): calls and SIPREC sessions on --sip HOST:PORT ---
+        self.sip: SipServer | None = None
+        if params.sip:
+            from emotion_engine.sip_server import SipServer
+
+            self.sip = SipServer(params=params, service=service)
+        # --- end SIP ---
         service.metrics.counter_fn(
             "emotion_engine_rtp_packets_lost_total",
             "RTP packets missing at playout (concealed), all legs.",
@@ -283,12 +299,25 @@ class EngineServer:
                     "AudioSocket (TCP)", p.host, p.audiosocket_port, "--audiosocket-port", exc
                 ) from exc
             as_port = self._tcp.sockets[0].getsockname()[1]
+        # --- SIP (issue 7) ---
+        sip_port = None
+        if self.sip is not None:
+            try:
+                sip_port = await self.sip.start()
+            except OSError as exc:
+                await self.stop()
+                raise _bind_error(
+                    "SIP (UDP and TCP)", self.sip.host, self.sip.port, "--sip", exc
+                ) from exc
+        # --- end SIP ---
         self.addresses = Addresses(
             host=p.host,
             port=port,
             rtp_port=rtp_port,
             audiosocket_port=as_port,
             scheme="https" if ssl_ctx else "http",
+            sip_port=sip_port,
+            sip_host=self.sip.host if self.sip is not None else "",
         )
         if not p.token:
             log.warning(
@@ -299,6 +328,8 @@ class EngineServer:
     async def stop(self) -> None:
         """Stop accepting, end every open leg (call.end reason shutdown), deliver those
         events to connected subscribers, then close."""
+        if self.sip is not None:  # BYE to every SIP call first: its legs end "shutdown"
+            await self.sip.stop()
         if self._poller is not None:
             self._poller.cancel()
         if self._udp is not None:

@@ -4,6 +4,7 @@
 """
 
 from emotion_engine.model.manifest import ModelManifest, load_manifest, save_manifest
+from emotion_engine.model.normalise import CallNormaliser, CallNormParams
 from emotion_engine.model.runtime import (
     DEFAULT_MODEL_DIR,
     MANIFEST_FILE,
@@ -16,6 +17,8 @@ __all__ = [
     "DEFAULT_MODEL_DIR",
     "MANIFEST_FILE",
     "MODEL_FILE",
+    "CallNormParams",
+    "CallNormaliser",
     "EmotionModel",
     "ModelManifest",
     "ModelOutput",

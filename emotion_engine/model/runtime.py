@@ -7,6 +7,10 @@ Typical use::
     out.probabilities                      # (batch, len(model.labels)), rows sum to 1
     out.arousal                            # (batch,) in 0..1
 
+A model trained on per-call normalised features (``model.call_norm`` is not None) wants
+each leg's windows normalised by that leg's running statistics: the engine keeps one
+``model.new_call_normaliser()`` per leg and calls ``predict(z, normalised=True)``.
+
 The session runs on one thread in sequential mode: the engine batches every call that
 is due this tick into one ``predict`` and scales by running more engine processes, so
 intra-op threads would only fight those processes for cores.
@@ -25,6 +29,7 @@ from numpy.typing import NDArray
 
 from emotion_engine.errors import ManifestMismatchError, ModelError
 from emotion_engine.model.manifest import ModelManifest, load_manifest
+from emotion_engine.model.normalise import CallNormaliser, CallNormParams
 
 MODEL_FILE = "emotion.onnx"
 MANIFEST_FILE = "emotion.manifest.json"
@@ -81,6 +86,10 @@ class EmotionModel:
         self.feature_names: tuple[str, ...] = manifest.feature_names
         self.n_features = len(manifest.feature_names)
         self._outputs = [manifest.probabilities_name, manifest.arousal_name]
+        # the per-call normalisation the graph expects; None: raw features (old manifests)
+        self.call_norm: CallNormParams | None = CallNormParams.from_manifest(
+            manifest.normalisation, n_features=self.n_features
+        )
 
     def __repr__(self) -> str:
         return (
@@ -183,11 +192,20 @@ class EmotionModel:
             arousal=np.asarray(arousal, dtype=np.float32).reshape(-1),
         )
 
-    def predict(self, features: NDArray[np.float32]) -> ModelOutput:
+    def new_call_normaliser(self) -> CallNormaliser | None:
+        """Fresh running statistics for one call leg, or None when the model takes raw
+        features."""
+        return None if self.call_norm is None else CallNormaliser(self.call_norm)
+
+    def predict(self, features: NDArray[np.float32], *, normalised: bool = False) -> ModelOutput:
         """Score a batch of windows.
 
         ``features``: (batch, n_features) in ``feature_names`` order (any float dtype;
-        cast to float32). Returns (batch, n_labels) probabilities and (batch,) arousal.
+        cast to float32). Raw functionals by default: a per-call model then scores each
+        row against the population statistics alone, as if it were a call's first
+        window (no call context). ``normalised=True``: rows already normalised by a
+        :meth:`new_call_normaliser` (the engine's path). Returns (batch, n_labels)
+        probabilities and (batch,) arousal.
         """
         x = np.asarray(features)
         if x.ndim != 2 or x.shape[1] != self.n_features:
@@ -197,6 +215,9 @@ class EmotionModel:
                 probabilities=np.zeros((0, len(self.labels)), dtype=np.float32),
                 arousal=np.zeros((0,), dtype=np.float32),
             )
+        if self.call_norm is not None and not normalised:
+            z = (x - self.call_norm.mean) / self.call_norm.std
+            return self._run(np.ascontiguousarray(z, dtype=np.float32))
         return self._run(np.ascontiguousarray(x, dtype=np.float32))
 
     def predict_dict(self, features: NDArray[np.float32]) -> list[dict[str, float]]:

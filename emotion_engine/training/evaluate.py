@@ -13,6 +13,14 @@ Protocols (all test audio G.711 mu-law round-tripped, splits always by speaker):
 Ours (the shipped recipe: engine features, telephony augmentation, both heads) is
 compared with an openSMILE eGeMAPSv02 + SVM baseline under the same splits, and every
 emotion-head candidate is compared by leave-one-corpus-out UAR.
+
+Normalisation (``--normalisation``, both are reported; the first decides the main
+tables): ``none`` feeds raw functionals; ``per_call`` trains on per-speaker normalised
+rows and scores each test speaker as a live call would see it: the speaker's clips in a
+seeded random order, each clip normalised by the running statistics of the clips
+*before* it (shrunk towards the training speakers' population statistics with a prior
+weight of ``PRIOR_WEIGHT_CLIPS``), never by the clip itself or later ones. The baseline
+gets the same treatment of its eGeMAPS features, so the comparison stays like for like.
 """
 
 from __future__ import annotations
@@ -33,7 +41,16 @@ from numpy.typing import NDArray
 from emotion_engine.errors import DatasetError
 from emotion_engine.training.data import AROUSAL_LEVELS, NO_LABEL, Dataset, load_dataset
 from emotion_engine.training.metrics import accuracy, confusion_matrix, roc_auc, uar
-from emotion_engine.training.train import CANDIDATES, DEFAULT_CANDIDATE, FittedModel, fit_model
+from emotion_engine.training.train import (
+    CANDIDATES,
+    DEFAULT_CANDIDATE,
+    DEFAULT_NORMALISATION,
+    NORMALISATIONS,
+    FittedModel,
+    call_norm_params,
+    fit_model,
+    reference_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +100,68 @@ def make_splits(dataset: Dataset, *, folds: int = 5, seed: int = 0) -> list[Spli
             "speakers or at least two corpora"
         )
     return splits
+
+
+def _running_by_speaker(
+    *,
+    x: NDArray[np.float32],
+    rows: NDArray[np.int64],
+    speaker: NDArray[np.str_],
+    params: Any,
+    seed: int,
+) -> NDArray[np.float32]:
+    """Normalise ``x[rows]`` as live calls: per speaker, clips in a seeded random order,
+    each by the shrunk statistics of that speaker's clips before it. Returns a copy of
+    ``x`` with those rows replaced."""
+    import zlib
+
+    from emotion_engine.model.normalise import running_zscore
+
+    out = x.copy()
+    for name in np.unique(speaker[rows]):
+        mine = rows[speaker[rows] == name]
+        rng = np.random.default_rng([seed, zlib.crc32(str(name).encode())])
+        order = mine[rng.permutation(mine.size)]
+        z, *_ = running_zscore(x=x[order], update=np.ones(order.size, dtype=bool), params=params)
+        out[order] = z
+    return out
+
+
+def split_features(
+    dataset: Dataset, feats: Features, split: Split, *, normalisation: str, seed: int
+) -> Features:
+    """The feature matrices one split is trained and tested on (see the module doc)."""
+    if normalisation == "none":
+        return feats
+    if normalisation not in NORMALISATIONS:
+        raise DatasetError(f"unknown normalisation {normalisation!r} ({NORMALISATIONS})")
+    from emotion_engine.model.normalise import shrunk_zscore_per_speaker
+
+    speaker = dataset.speaker
+    tr, te = split.train, split.test
+    ref = reference_rows(dataset)[tr] if normalisation == "per_call_neutral" else None
+
+    def one(x: NDArray[np.float32], *, train_condition: NDArray[np.float32]) -> NDArray[np.float32]:
+        # prior from the training speakers' mu-law rows of this split only
+        params = call_norm_params(
+            x=train_condition[tr], speaker=speaker[tr], corpus=dataset.corpus[tr]
+        )
+        out = _running_by_speaker(x=x, rows=te, speaker=speaker, params=params, seed=seed)
+        out[tr] = shrunk_zscore_per_speaker(
+            x=x[tr], speaker=speaker[tr], params=params, reference=ref
+        )
+        return out
+
+    test = one(feats.test, train_condition=feats.test)
+    train = feats.train.copy()
+    params = call_norm_params(x=feats.test[tr], speaker=speaker[tr], corpus=dataset.corpus[tr])
+    train[tr] = shrunk_zscore_per_speaker(
+        x=feats.train[tr], speaker=speaker[tr], params=params, reference=ref
+    )
+    baseline = (
+        None if feats.baseline is None else one(feats.baseline, train_condition=feats.baseline)
+    )
+    return Features(test=test, train=train, baseline=baseline)
 
 
 def _fit_ours(
@@ -210,6 +289,7 @@ def evaluate_features(
     candidate: str = DEFAULT_CANDIDATE,
     compare_candidates: bool = True,
     progress: bool = True,
+    normalisation: str = "none",
 ) -> dict[str, Any]:
     """All protocols on precomputed features; returns the results dict (see module doc)."""
     from tqdm import tqdm
@@ -225,7 +305,8 @@ def evaluate_features(
             if feats.baseline is not None
             else None
         )
-        _score_split(dataset, feats, split, candidate=candidate, seed=seed, ours=ours, base=base)
+        sf = split_features(dataset, feats, split, normalisation=normalisation, seed=seed)
+        _score_split(dataset, sf, split, candidate=candidate, seed=seed, ours=ours, base=base)
 
     results: dict[str, Any] = {
         "labels": list(dataset.labels),
@@ -234,6 +315,7 @@ def evaluate_features(
         "folds": folds,
         "seed": seed,
         "test_condition": "G.711 mu-law round trip at 8 kHz",
+        "normalisation": normalisation,
         "protocols": {},
     }
     for system, pooled_by_key in systems.items():
@@ -251,6 +333,7 @@ def evaluate_features(
             splits=[s for s in splits if s.protocol == "loco"],
             seed=seed,
             progress=progress,
+            normalisation=normalisation,
         )
     return results
 
@@ -287,6 +370,7 @@ def compare_models(
     splits: Sequence[Split],
     seed: int = 0,
     progress: bool = True,
+    normalisation: str = "none",
 ) -> dict[str, Any]:
     """Leave-one-corpus-out emotion UAR of every candidate in ``CANDIDATES``."""
     from tqdm import tqdm
@@ -299,8 +383,9 @@ def compare_models(
             emo = split.test[dataset.y[split.test] != NO_LABEL]
             if not emo.size:
                 continue
-            model = _fit_ours(dataset, feats, split.train, candidate=name, seed=seed)
-            pred = model.predict_proba(feats.test[emo]).argmax(axis=1)
+            sf = split_features(dataset, feats, split, normalisation=normalisation, seed=seed)
+            model = _fit_ours(dataset, sf, split.train, candidate=name, seed=seed)
+            pred = model.predict_proba(sf.test[emo]).argmax(axis=1)
             per_corpus[split.name] = uar(
                 y_true=dataset.y[emo], y_pred=pred, n_classes=len(dataset.labels)
             )
@@ -344,6 +429,59 @@ def load_features(
     return Features(test=test, train=train, baseline=baseline)
 
 
+def normalisation_digest(results: dict[str, Any]) -> dict[str, Any]:
+    """Summary plus leave-one-corpus-out emotion UAR / angry AUC per test set."""
+    per_set: dict[str, Any] = {}
+    for test_set, entry in results["protocols"].get("loco", {}).items():
+        row: dict[str, Any] = {}
+        for system in ("ours", "baseline"):
+            emotion = (entry.get(system) or {}).get("emotion")
+            if emotion:
+                row[system] = {"uar": emotion["uar"], "angry_auc": emotion.get("angry_auc")}
+        if row:
+            per_set[test_set] = row
+    return {"summary": results["summary"], "loco": per_set}
+
+
+def _normalisation_table(results: dict[str, Any]) -> list[str]:
+    digests: dict[str, Any] = results.get("normalisations", {})
+    sets = sorted({t for d in digests.values() for t in d["loco"]})
+    if not digests or not sets:
+        return []
+    lines = [
+        "",
+        "### Normalisation (leave-one-corpus-out 4-class UAR % and angry-vs-rest AUC %)",
+        "",
+        "`per_call`: test speakers scored as live calls (clips in random order, each "
+        "normalised by the clips before it); `none`: raw features.",
+        "",
+        "| normalisation | system | LOCO UAR mean | "
+        + " | ".join(f"UAR {t}" for t in sets)
+        + " | "
+        + " | ".join(f"AUC {t}" for t in sets)
+        + " | RAVDESS k-fold UAR |",
+        "|---|---|---|" + "---|" * (2 * len(sets) + 1),
+    ]
+    for mode, d in digests.items():
+        shipped = " (main)" if mode == results.get("normalisation") else ""
+        for system in ("ours", "baseline"):
+            summary = d["summary"].get(system, {})
+            if summary.get("loco_emotion_uar_mean") is None:
+                continue
+
+            def cell(t: str, key: str, system: str = system, d: Any = d) -> str:
+                return _pct((d["loco"].get(t, {}).get(system) or {}).get(key))
+
+            lines.append(
+                f"| {mode}{shipped} | {system} | {_pct(summary['loco_emotion_uar_mean'])} | "
+                + " | ".join(cell(t, "uar") for t in sets)
+                + " | "
+                + " | ".join(cell(t, "angry_auc") for t in sets)
+                + f" | {_pct(summary.get('ravdess_kfold_uar'))} |"
+            )
+    return lines
+
+
 def _pct(v: float | None) -> str:
     return "–" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
 
@@ -358,7 +496,8 @@ def format_tables(results: dict[str, Any]) -> str:
     lines: list[str] = []
     s = results["summary"]
     lines += [
-        "### Summary (UAR %, test audio G.711 mu-law, speaker-independent)",
+        "### Summary (UAR %, test audio G.711 mu-law, speaker-independent, "
+        f"normalisation: {results.get('normalisation', 'none')})",
         "",
         "| protocol | ours | eGeMAPS + SVM | difference |",
         "|---|---|---|---|",
@@ -372,6 +511,11 @@ def format_tables(results: dict[str, Any]) -> str:
             f"| {title} | {_pct(s['ours'][key])} | {_pct(s['baseline'][key])} | "
             f"{_diff(s['difference'][key])} |"
         )
+    lines += _normalisation_table(results)
+    if "harness" in results:
+        from emotion_engine.training.harness import format_harness
+
+        lines += ["", format_harness(results["harness"], labels).rstrip()]
     lines += ["", "### Per test set", ""]
     lines += [
         "| protocol | test set | n | ours UAR | base UAR | ours acc | base acc | ours angry AUC | base angry AUC |",
@@ -491,6 +635,10 @@ def run_evaluate(
     compare_candidates: bool = True,
     corpora: Sequence[str] | None = None,
     limit_per_corpus: int | None = None,
+    normalisation: str = DEFAULT_NORMALISATION,
+    compare_normalisations: bool = True,
+    harness: bool = False,
+    detection_json: Path | None = None,
 ) -> dict[str, Any]:
     """Run every protocol on ``data_dir``, print the tables, write ``out_json`` and the
     evaluation section of ``card_path`` (plus ``confusion.png`` beside it)."""
@@ -507,7 +655,35 @@ def run_evaluate(
         candidate=candidate,
         compare_candidates=compare_candidates,
         progress=progress,
+        normalisation=normalisation,
     )
+    results["normalisations"] = {normalisation: normalisation_digest(results)}
+    if compare_normalisations:
+        for other in NORMALISATIONS:
+            if other == normalisation:
+                continue
+            alt = evaluate_features(
+                dataset,
+                feats,
+                folds=folds,
+                seed=seed,
+                candidate=candidate,
+                compare_candidates=False,
+                progress=progress,
+                normalisation=other,
+            )
+            results["normalisations"][other] = normalisation_digest(alt)
+    if harness:
+        from emotion_engine.training.harness import run_harness
+
+        results["harness"] = run_harness(
+            dataset,
+            feats,
+            seed=seed,
+            normalisation=normalisation,
+            progress=progress,
+            detection_json=detection_json,
+        )
     results["data"] = {"root": str(data_dir), "corpora": dataset.summary()}
     results["baseline"] = (
         None
@@ -579,6 +755,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit-per-corpus", type=int, default=None, metavar="N", help="at most N clips per corpus"
     )
+    parser.add_argument(
+        "--normalisation",
+        choices=NORMALISATIONS,
+        default=DEFAULT_NORMALISATION,
+        help=f"normalisation of the main tables (default: {DEFAULT_NORMALISATION}, the "
+        "shipped one); the other is reported beside it",
+    )
+    parser.add_argument(
+        "--harness",
+        action="store_true",
+        help="also run the evaluation harness: leave-one-corpus-out under mu-law, A-law, "
+        "packet loss, noise, level and band-limit; per-class recall, ECE before/after "
+        "temperature scaling, groups by sex and language (training/harness.py)",
+    )
+    parser.add_argument(
+        "--detection",
+        type=Path,
+        default=Path("models/detection.json"),
+        metavar="FILE",
+        help="stitched-call detection figures copied into the harness output "
+        "(written by python -m emotion_engine.training.stitched)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -599,6 +797,9 @@ def main(args: argparse.Namespace) -> int:
         compare_candidates=not args.no_compare,
         corpora=args.corpora,
         limit_per_corpus=args.limit_per_corpus,
+        normalisation=args.normalisation,
+        harness=args.harness,
+        detection_json=args.detection,
     )
     return 0
 

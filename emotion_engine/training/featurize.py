@@ -29,10 +29,13 @@ from emotion_engine.training.augment import (
     telephony_augment,
 )
 from emotion_engine.training.data import Clip, read_clip
+from emotion_engine.training.harness_audio import HARNESS_CONDITIONS, harness_condition
 
 log = logging.getLogger(__name__)
 
-CONDITIONS: tuple[str, ...] = ("test", "train")
+CONDITIONS: tuple[str, ...] = ("test", "train", *(f"harness-{c}" for c in HARNESS_CONDITIONS))
+"""``test``: mu-law (the card's condition); ``train``: random telephony augmentation;
+``harness-<name>``: one of the evaluation harness's degradations (seeded per clip)."""
 Extractor = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -42,6 +45,8 @@ _AUDIO_CODE: tuple[str, ...] = (
     "audio/resample.py",
     "training/augment.py",
 )
+_HARNESS_CODE: tuple[str, ...] = ("training/harness_audio.py", "ingest/jitter.py")
+"""Hashed only into harness conditions' keys, so the main caches survive harness work."""
 _FEATURE_CODE: tuple[str, ...] = ("features", "config.py")
 
 
@@ -78,10 +83,13 @@ def engine_extractor() -> tuple[Extractor, tuple[str, ...]]:
     return extract, tuple(FUNCTIONAL_NAMES)
 
 
+def clip_rng_tag(clip: Clip) -> int:
+    return zlib.crc32(f"{clip.corpus}/{clip.path.name}".encode())
+
+
 def clip_rng(*, seed: int, clip: Clip) -> np.random.Generator:
     """Per-clip generator: a clip's augmentation does not depend on which others are loaded."""
-    tag = zlib.crc32(f"{clip.corpus}/{clip.path.name}".encode())
-    return np.random.default_rng([seed, tag])
+    return np.random.default_rng([seed, clip_rng_tag(clip)])
 
 
 def degrade(
@@ -98,6 +106,10 @@ def degrade(
         if rng is None:
             raise ConfigError("condition 'train' needs an rng")
         return telephony_augment(samples=samples, rng=rng, params=params)
+    if condition.startswith("harness-"):
+        if rng is None:
+            raise ConfigError(f"condition {condition!r} needs an rng")
+        return harness_condition(samples=samples, condition=condition[8:], rng=rng)
     raise ConfigError(f"unknown condition {condition!r} (expected one of {CONDITIONS})")
 
 
@@ -112,8 +124,11 @@ def cache_key(
     h = hashlib.sha256()
     version = code_version(engine_features=extractor_id == "engine")
     h.update(f"{extractor_id}|{version}|{condition}|{params!r}".encode())
-    if condition == "train":
+    if condition != "test":
         h.update(str(seed).encode())
+    if condition.startswith("harness-"):
+        for rel in _HARNESS_CODE:
+            h.update((_PACKAGE / rel).read_bytes())
     for c in clips:
         try:
             st = c.path.stat()
@@ -161,7 +176,11 @@ def featurize(
         clips, desc=f"{extractor_id} features ({condition})", unit="clip", disable=not progress
     ):
         samples = read_clip(clip.path)
-        rng = clip_rng(seed=seed, clip=clip) if condition == "train" else None
+        rng = None
+        if condition == "train":
+            rng = clip_rng(seed=seed, clip=clip)
+        elif condition != "test":  # a harness condition: its own stream per clip
+            rng = np.random.default_rng([seed, zlib.crc32(condition.encode()), clip_rng_tag(clip)])
         audio = degrade(samples=samples, condition=condition, rng=rng, params=params)
         rows.append(np.asarray(extractor(audio), dtype=np.float32))
     features = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)

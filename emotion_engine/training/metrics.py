@@ -79,3 +79,54 @@ def roc_auc(
     ranks[order] = np.repeat(avg, ends - starts)
     rank_sum = ranks[y].sum()
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def expected_calibration_error(
+    *, y_true: NDArray[np.integer], probabilities: NDArray[np.floating], n_bins: int = 10
+) -> float:
+    """Top-label ECE: the confidence of the predicted class against its accuracy.
+
+    ``y_true``: (n,) class indices; ``probabilities``: (n, n_classes). Predictions are
+    put in ``n_bins`` equal-width bins of confidence (0, 1]; ECE = sum over bins of
+    (bin share) x |accuracy - mean confidence|, 0..1.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(y_true)
+    if p.ndim != 2 or y.shape != (p.shape[0],):
+        raise ConfigError(f"probabilities {p.shape} must be (n, n_classes) for y_true {y.shape}")
+    if y.size == 0:
+        raise ConfigError("ece of an empty set")
+    confidence = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    # bin b holds confidences in (b/n_bins, (b+1)/n_bins]
+    bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    acc = np.bincount(bins, weights=correct, minlength=n_bins)
+    conf = np.bincount(bins, weights=confidence, minlength=n_bins)
+    return float(np.abs(acc - conf).sum() / y.size)
+
+
+def apply_temperature(
+    *, probabilities: NDArray[np.floating], temperature: float
+) -> NDArray[np.float64]:
+    """softmax(log(p) / T) row-wise: (n, n_classes) -> (n, n_classes); T > 1 softens."""
+    logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0)) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    e = np.exp(logp)
+    out: NDArray[np.float64] = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def fit_temperature(*, y_true: NDArray[np.integer], probabilities: NDArray[np.floating]) -> float:
+    """The T in [0.05, 20] that minimises the negative log-likelihood of
+    :func:`apply_temperature` on (n,) labels and (n, n_classes) probabilities."""
+    from scipy.optimize import minimize_scalar
+
+    y = np.asarray(y_true)
+    rows = np.arange(y.size)
+
+    def nll(log_t: float) -> float:
+        q = apply_temperature(probabilities=probabilities, temperature=float(np.exp(log_t)))
+        return float(-np.mean(np.log(np.clip(q[rows, y], 1e-12, 1.0))))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))

@@ -16,7 +16,7 @@ the eGeMAPS + SVM baseline alike:
 This is transductive: a test speaker's statistics come from all of that speaker's
 test clips, as the published per-speaker normalisation results do. A live call only
 has its own speech so far, so these numbers are an upper bound for per-call
-normalisation in the engine, which is not shipped yet.
+normalisation in the engine (the causal version: evaluate --normalisation per_call).
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ from emotion_engine.frames import AudioChunk
 from emotion_engine.model.runtime import EmotionModel
 from emotion_engine.training.augment import g711_roundtrip
 from emotion_engine.training.data import read_clip
+from emotion_engine.training.train import DEFAULT_NORMALISATION, NORMALISATIONS
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep the model trained without the held-out speakers in DIR (reuse with --model)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--normalisation",
+        choices=NORMALISATIONS,
+        default=DEFAULT_NORMALISATION,
+        help="recipe of the model trained without the held-out speakers (train --normalisation)",
+    )
     parser.add_argument("--out", type=Path, default=Path("models/detection.json"))
     parser.add_argument(
         "--detector",
@@ -353,7 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("training a model without %s", speakers)
             filtered = _filtered_data_dir(args.data, speakers, Path(tmp) / "data")
             model_dir = args.save_model or Path(tmp) / "model"
-            model_path = run_train(data_dir=filtered, out_dir=model_dir, seed=args.seed)
+            model_path = run_train(
+                data_dir=filtered,
+                out_dir=model_dir,
+                seed=args.seed,
+                normalisation=args.normalisation,
+            )
             model = EmotionModel.load(model_path)
         else:
             model = EmotionModel.load(args.model)
@@ -367,7 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = score(calls, found)
     result["held_out_speakers"] = speakers
     result["detector"] = dataclasses.asdict(params.detector)
-    result["model"] = "trained without held-out speakers" if args.model is None else str(args.model)
+    result["model"] = (
+        f"trained without held-out speakers (normalisation: {args.normalisation})"
+        if args.model is None
+        else str(args.model)
+    )
+    result["normalisation"] = "per_call" if model.call_norm is not None else "none (raw features)"
     result["command"] = "python -m emotion_engine.training.stitched " + " ".join(
         argv or sys.argv[1:]
     )

@@ -10,6 +10,11 @@ features: a classifier over the labels (neutral, happy, sad, angry; calm counts 
 neutral) and an arousal head (low/mid/high classifier whose expected level, 0..1, is
 the ``arousal`` output). The graph takes ``features`` (batch, n_features) float32 and
 gives ``probabilities`` (batch, n_labels) and ``arousal`` (batch,).
+
+``--normalisation per_call`` (see ``DEFAULT_NORMALISATION``) trains on per-speaker
+normalised functionals (``model/normalise.py``): each speaker's rows by the shrunk mean
+and std of that speaker's rows, and the manifest carries the population statistics the
+engine's per-leg running estimate starts from.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ from emotion_engine.config import (
 )
 from emotion_engine.errors import ConfigError, DatasetError, ModelError
 from emotion_engine.model.manifest import ModelManifest
+from emotion_engine.model.normalise import (
+    PER_CALL_KIND,
+    CallNormParams,
+    population_stats,
+    shrunk_zscore_per_speaker,
+)
 from emotion_engine.model.runtime import MANIFEST_FILE, MODEL_FILE, EmotionModel, sha256_bytes
 from emotion_engine.training.augment import DEFAULT_AUGMENT_PARAMS
 from emotion_engine.training.data import (
@@ -110,6 +121,40 @@ EXPORTABLE: frozenset[str] = frozenset({"logreg", "mlp", "svm"})
 DEFAULT_CANDIDATE = "logreg"
 """Chosen by leave-one-corpus-out UAR (see models/README.md): logreg and mlp tie on the
 mean; logistic regression fits in seconds and is the smaller, calmer graph."""
+
+
+NORMALISATIONS: tuple[str, ...] = ("none", "per_call", "per_call_neutral")
+"""``per_call``: training speakers centred on all their rows; ``per_call_neutral``:
+centred on their neutral/calm (BAVED: mid-arousal) rows. The engine's running estimate
+is the same for both; they differ in what "0" means to the classifier."""
+DEFAULT_NORMALISATION = "none"
+"""What ``train`` ships (models/README.md has the measured comparison)."""
+
+PRIOR_WEIGHT_WINDOWS = 20.0
+"""Live prior weight ``k``: the population statistics count as 20 speech windows (10 s of
+new speech at the 0.5 s hop), the same span the spike detector uses to set a caller's
+baseline (``DetectorParams.baseline_s``): enough that the first seconds of a call are
+not judged against two windows of itself, short enough that the caller's own voice
+dominates within half a minute."""
+
+PRIOR_WEIGHT_CLIPS = 5.0
+"""The same prior in clips for training and evaluation (a clip is 1-4 s, ~2 s of speech,
+so 5 clips ~ 10 s of speech, as ``PRIOR_WEIGHT_WINDOWS``)."""
+
+
+def call_norm_params(
+    *, x: NDArray[np.float32], speaker: NDArray[np.str_], corpus: NDArray[np.str_]
+) -> CallNormParams:
+    """Population statistics of (mu-law) training rows, prior weight in clips."""
+    m0, s0 = population_stats(x=x, speaker=speaker, group=corpus)
+    return CallNormParams(mean=m0, std=s0, prior_weight=PRIOR_WEIGHT_CLIPS)
+
+
+def reference_rows(dataset: Dataset) -> NDArray[np.bool_]:
+    """(n_clips,) neutral/calm clips, or mid arousal where a corpus labels only arousal."""
+    orig = np.array([c.orig_emotion for c in dataset.clips])
+    out: NDArray[np.bool_] = np.isin(orig, ["neutral", "calm"]) | (dataset.arousal == 1)
+    return out
 
 
 def balanced_weights(*, y: NDArray[np.int64], groups: NDArray[np.str_]) -> NDArray[np.float64]:
@@ -293,23 +338,42 @@ def _versions() -> dict[str, str]:
 
 
 def train_features(
-    dataset: Dataset, *, seed: int, progress: bool
+    dataset: Dataset, *, seed: int, progress: bool, normalisation: str = "none"
 ) -> tuple[
-    NDArray[np.float32], NDArray[np.int64], NDArray[np.int64], NDArray[np.str_], tuple[str, ...]
+    NDArray[np.float32],
+    NDArray[np.int64],
+    NDArray[np.int64],
+    NDArray[np.str_],
+    tuple[str, ...],
+    CallNormParams | None,
 ]:
-    """Stacked training rows (mu-law copy + augmented copy of every clip) and their targets."""
+    """Stacked training rows (mu-law copy + augmented copy of every clip), their targets,
+    and for ``normalisation="per_call"`` the population statistics (rows normalised per
+    speaker; each copy against its own rows, as a call's channel is one condition)."""
     from emotion_engine.training.featurize import engine_extractor, featurize
 
+    if normalisation not in NORMALISATIONS:
+        raise ConfigError(f"unknown normalisation {normalisation!r} (one of {NORMALISATIONS})")
     extractor, names = engine_extractor()
     clean = featurize(clips=dataset.clips, condition="test", extractor=extractor, progress=progress)
     augmented = featurize(
         clips=dataset.clips, condition="train", seed=seed, extractor=extractor, progress=progress
     )
+    norm = None
+    if normalisation != "none":
+        norm = call_norm_params(x=clean, speaker=dataset.speaker, corpus=dataset.corpus)
+        ref = reference_rows(dataset) if normalisation == "per_call_neutral" else None
+        clean = shrunk_zscore_per_speaker(
+            x=clean, speaker=dataset.speaker, params=norm, reference=ref
+        )
+        augmented = shrunk_zscore_per_speaker(
+            x=augmented, speaker=dataset.speaker, params=norm, reference=ref
+        )
     x = np.concatenate([clean, augmented])
     y = np.tile(dataset.y, 2)
     arousal = np.tile(dataset.arousal, 2)
     corpus = np.tile(dataset.corpus, 2)
-    return x, y, arousal, corpus, names
+    return x, y, arousal, corpus, names, norm
 
 
 def run_train(
@@ -321,6 +385,7 @@ def run_train(
     limit_per_corpus: int | None = None,
     progress: bool = True,
     candidate: str = DEFAULT_CANDIDATE,
+    normalisation: str = DEFAULT_NORMALISATION,
     command: str | None = None,
 ) -> Path:
     """Train on ``data_dir`` and write ``emotion.onnx`` + ``emotion.manifest.json`` to
@@ -330,7 +395,9 @@ def run_train(
     dataset = load_dataset(
         Path(data_dir), corpora=corpora, limit_per_corpus=limit_per_corpus, seed=seed
     )
-    x, y, arousal, corpus, names = train_features(dataset, seed=seed, progress=progress)
+    x, y, arousal, corpus, names, norm = train_features(
+        dataset, seed=seed, progress=progress, normalisation=normalisation
+    )
     fitted = fit_model(
         x=x,
         y=y,
@@ -354,7 +421,42 @@ def run_train(
             + (f" --corpora {','.join(corpora)}" if corpora else "")
             + (f" --limit-per-corpus {limit_per_corpus}" if limit_per_corpus else "")
             + (f" --model-type {candidate}" if candidate != DEFAULT_CANDIDATE else "")
+            + (
+                f" --normalisation {normalisation}"
+                if normalisation != DEFAULT_NORMALISATION
+                else ""
+            )
         )
+    in_graph = {
+        "mean": [float(v) for v in fitted.scaler.mean_],
+        "scale": [float(v) for v in fitted.scaler.scale_],
+    }
+    if norm is None:
+        normalisation_block: dict[str, Any] = {
+            "kind": "StandardScaler inside the graph (features are fed raw)",
+            **in_graph,
+        }
+    else:
+        live = CallNormParams(mean=norm.mean, std=norm.std, prior_weight=PRIOR_WEIGHT_WINDOWS)
+        normalisation_block = {
+            "kind": PER_CALL_KIND,
+            "description": "features are z-scored per call leg by the engine (running "
+            "statistics of the leg's speech windows, shrunk towards the population "
+            "statistics below), then standardised by the StandardScaler inside the graph "
+            "('mean'/'scale')",
+            "training": "each training speaker's rows by the shrunk mean/std of all of "
+            f"that speaker's rows (prior weight {PRIOR_WEIGHT_CLIPS:g} clips"
+            + (
+                "; centred on the speaker's neutral/calm rows"
+                if normalisation == "per_call_neutral"
+                else ""
+            )
+            + "); the "
+            "population statistics are the corpus-balanced mean of speaker means and "
+            "root mean within-speaker variance of the mu-law copies",
+            "per_call": live.to_dict(),
+            **in_graph,
+        }
     manifest = ModelManifest(
         labels=fitted.labels,
         feature_names=names,
@@ -377,11 +479,7 @@ def run_train(
         ),
         feature_params=_asdict(DEFAULT_FEATURE_PARAMS),
         window_params=_asdict(DEFAULT_WINDOW_PARAMS),
-        normalisation={
-            "kind": "StandardScaler inside the graph (features are fed raw)",
-            "mean": [float(v) for v in fitted.scaler.mean_],
-            "scale": [float(v) for v in fitted.scaler.scale_],
-        },
+        normalisation=normalisation_block,
         training_data={
             "root": str(data_dir),
             "corpora": dataset.summary(),
@@ -404,7 +502,7 @@ def run_train(
 
     loaded = EmotionModel.load(out_dir, expected_feature_names=names)
     probe = x[:: max(1, x.shape[0] // 200)]
-    out = loaded.predict(probe)
+    out = loaded.predict(probe, normalised=norm is not None)
     err = float(np.abs(out.probabilities - fitted.predict_proba(probe)).max())
     err_a = float(np.abs(out.arousal - fitted.predict_arousal(probe)).max())
     if err > 1e-4 or err_a > 1e-4:
@@ -465,6 +563,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CANDIDATE,
         help=f"emotion head (default: {DEFAULT_CANDIDATE}, the best leave-one-corpus-out UAR)",
     )
+    parser.add_argument(
+        "--normalisation",
+        choices=NORMALISATIONS,
+        default=DEFAULT_NORMALISATION,
+        help="per_call: train on per-speaker normalised features; the engine then "
+        f"normalises each call leg by its own running statistics (default: "
+        f"{DEFAULT_NORMALISATION})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -478,6 +584,7 @@ def main(args: argparse.Namespace) -> int:
         limit_per_corpus=args.limit_per_corpus,
         progress=not args.no_progress,
         candidate=args.model_type,
+        normalisation=args.normalisation,
         command=shlex.join(["python", "-m", "emotion_engine.training.train", *sys.argv[1:]])
         if __name__ == "__main__"
         else None,
