@@ -144,58 +144,42 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.add_mic_arguments(mic)
     mic.set_defaults(func=serve_cli.cmd_mic)
 
-    from emotion_engine import report as report_mod
-    from emotion_engine import routing as routing_mod
+    from emotion_engine import bench, report, routing
+    from emotion_engine.training import evaluate, train
 
-    report = sub.add_parser(
-        "report",
-        help="per-agent end-of-call table (and PNG) from recorded events",
-        description=report_mod.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    report_mod.add_arguments(report)
-    report.set_defaults(func=report_mod.main)
-
-    rules = sub.add_parser(
-        "rules",
-        help="check a routing-rules file, print the built-in rules, or replay events through rules",
-        description=routing_mod.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    routing_mod.add_arguments(rules)
-    rules.set_defaults(func=routing_mod.main)
-
-    from emotion_engine import bench as bench_mod
-
-    bench = sub.add_parser(
-        "bench",
-        help="latency, throughput, openSMILE comparison, end-to-end RTP and detection-delay benchmarks",
-        description=bench_mod.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench_mod.add_arguments(bench)
-    bench.set_defaults(func=bench_mod.main)
-
-    from emotion_engine.training import evaluate as evaluate_mod
-    from emotion_engine.training import train as train_mod
-
-    train = sub.add_parser(
-        "train",
-        help="train the emotion model from labelled clips (../shared/data or your own)",
-        description=train_mod.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    train_mod.add_arguments(train)
-    train.set_defaults(func=train_mod.main)
-
-    evaluate = sub.add_parser(
-        "evaluate",
-        help="speaker-independent and leave-one-corpus-out evaluation vs eGeMAPS+SVM",
-        description=evaluate_mod.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    evaluate_mod.add_arguments(evaluate)
-    evaluate.set_defaults(func=evaluate_mod.main)
+    for name, module, help_text in (
+        ("report", report, "per-agent end-of-call table (and PNG) from recorded events"),
+        (
+            "rules",
+            routing,
+            "check a routing-rules file, print the built-in rules, or replay events through rules",
+        ),
+        (
+            "bench",
+            bench,
+            "latency, throughput, openSMILE comparison, end-to-end RTP and detection-delay "
+            "benchmarks",
+        ),
+        (
+            "train",
+            train,
+            "train the emotion model from labelled clips (../shared/data or your own)",
+        ),
+        (
+            "evaluate",
+            evaluate,
+            "speaker-independent and leave-one-corpus-out evaluation vs eGeMAPS+SVM",
+        ),
+    ):
+        # these modules carry their own options (add_arguments) and entry point (main)
+        command = sub.add_parser(
+            name,
+            help=help_text,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command)
+        command.set_defaults(func=module.main)
     return parser
 
 

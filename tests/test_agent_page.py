@@ -33,12 +33,11 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from playwright.async_api import Browser, Page, async_playwright
+from test_serve import running
 
 from emotion_engine.clients import stream_l16
 from emotion_engine.config import ServeParams
 from emotion_engine.detect.tracker import PartyTracker
-from emotion_engine.engine.pipeline import Engine
-from emotion_engine.engine.service import EngineService
 from emotion_engine.frames import EmotionScores
 from emotion_engine.model.runtime import EmotionModel
 from emotion_engine.publish.events import Event
@@ -85,19 +84,6 @@ def chromium() -> str:
 
 def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout=150))  # type: ignore[arg-type]
-
-
-@asynccontextmanager
-async def running(
-    model: EmotionModel, params: ServeParams = LOOPBACK, hub: EventHub | None = None
-) -> AsyncIterator[EngineServer]:
-    service = EngineService(engine=Engine(model=model), hub=hub, tick_s=params.tick_s)
-    server = EngineServer(params=params, service=service)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @asynccontextmanager
