@@ -160,7 +160,7 @@ def test_cue_appears_clears_and_summary_shows(
     async def scenario() -> dict[str, Any]:
         facts: dict[str, Any] = {}
         async with (
-            running(model) as server,
+            running(model, LOOPBACK) as server,
             browser_page(chromium, errors) as page,
         ):
             server.service.add_listener(lambda e: published.append((time.monotonic(), e)))

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fuzz import mutate
 
 from emotion_engine.frames import AudioChunk
 from emotion_engine.ingest.audiohook import AudioHookSession, parse_duration
@@ -363,22 +364,6 @@ def test_parse_duration(text: str, seconds: float) -> None:
 @pytest.mark.parametrize("text", ["1.2S", "PT", "P", "PTS", "PT-1S", "PT1.S", ""])
 def test_parse_duration_rejects(text: str) -> None:
     assert parse_duration(text) is None
-
-
-WEIRD: list[Any] = [None, True, -1, 10**30, 1.5, "", "x", [], {}, [1], {"a": 1}, "PT-1S"]
-
-
-def mutate(obj: Any, rng: np.random.Generator) -> Any:
-    """Drop keys and swap values for wrongly typed ones, at every depth."""
-    if isinstance(obj, dict):
-        out = {k: mutate(v, rng) for k, v in obj.items() if rng.random() > 0.1}
-        for key in out:
-            if rng.random() < 0.15:
-                out[key] = WEIRD[rng.integers(len(WEIRD))]
-        return out
-    if isinstance(obj, list):
-        return [mutate(v, rng) for v in obj]
-    return obj
 
 
 def test_mutated_messages_and_frames_never_raise() -> None:

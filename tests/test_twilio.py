@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fuzz import mutate
 
 from emotion_engine.frames import AudioChunk
 from emotion_engine.ingest.base import (
@@ -301,22 +302,6 @@ def test_late_start_is_still_used() -> None:
     assert session.call_id == CALL_SID
     assert [o.party for o in out if isinstance(o, LegStarted)] == ["customer", "agent"]
     assert [o for o in out if isinstance(o, AudioChunk)]
-
-
-WEIRD: list[Any] = [None, True, -1, 10**30, 1.5, "", "x", [], {}, [1], {"a": 1}, "PT-1S"]
-
-
-def mutate(obj: Any, rng: np.random.Generator) -> Any:
-    """Drop keys and swap values for wrongly typed ones, at every depth."""
-    if isinstance(obj, dict):
-        out = {k: mutate(v, rng) for k, v in obj.items() if rng.random() > 0.1}
-        for key in out:
-            if rng.random() < 0.15:
-                out[key] = WEIRD[rng.integers(len(WEIRD))]
-        return out
-    if isinstance(obj, list):
-        return [mutate(v, rng) for v in obj]
-    return obj
 
 
 def test_mutated_messages_never_raise() -> None:

@@ -33,7 +33,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from emotion_engine.training.data import Dataset, load_dataset
-from emotion_engine.training.evaluate import Features, evaluate_features, load_features
+from emotion_engine.training.evaluate import (
+    Features,
+    evaluate_features,
+    load_features,
+    normalisation_digest,
+)
+from emotion_engine.training.train import reference_rows
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +79,7 @@ def normalise_per_speaker(
 
 
 def compare(dataset: Dataset, feats: Features, *, seed: int) -> dict[str, Any]:
-    orig = np.array([c.orig_emotion for c in dataset.clips])
-    reference = np.isin(orig, ["neutral", "calm"]) | (dataset.arousal == 1)
+    reference = reference_rows(dataset)
     out: dict[str, Any] = {}
     for mode in MODES:
 
@@ -91,16 +96,7 @@ def compare(dataset: Dataset, feats: Features, *, seed: int) -> dict[str, Any]:
         results = evaluate_features(
             dataset, normed, seed=seed, compare_candidates=False, progress=False
         )
-        per_set: dict[str, Any] = {}
-        for test_set, entry in results["protocols"].get("loco", {}).items():
-            row: dict[str, Any] = {}
-            for system in ("ours", "baseline"):
-                emotion = (entry.get(system) or {}).get("emotion")
-                if emotion:
-                    row[system] = {"uar": emotion["uar"], "angry_auc": emotion.get("angry_auc")}
-            if row:
-                per_set[test_set] = row
-        out[mode] = {"summary": results["summary"], "loco": per_set}
+        out[mode] = normalisation_digest(results)
         log.info("%s: %s", mode, results["summary"])
     return out
 
