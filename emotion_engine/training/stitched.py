@@ -178,24 +178,30 @@ def build_calls(
     return calls
 
 
-def run_call(engine: Engine, call: StitchedCall) -> list[dict[str, Any]]:
-    """Stream one call in 20 ms chunks; returns its spike-start events as dicts."""
+def stream_events(engine: Engine, call: StitchedCall) -> list[dict[str, Any]]:
+    """Stream one call in 20 ms chunks (a 100 ms scheduler tick, as ``serve``), hang up,
+    and return every event it caused, as dicts."""
     pcm = float32_to_int16(call.samples)
     engine.open_leg(call_id=call.name, party="customer", sample_rate=MODEL_SAMPLE_RATE_HZ)
-    spikes: list[dict[str, Any]] = []
     events = []
     for start in range(0, pcm.size, CHUNK_SAMPLES):
         t = start / MODEL_SAMPLE_RATE_HZ
         engine.push(AudioChunk(call.name, "customer", t, pcm[start : start + CHUNK_SAMPLES], 8000))
-        if (start // CHUNK_SAMPLES) % 5 == 4:  # a 100 ms scheduler tick, as in serve
+        if (start // CHUNK_SAMPLES) % 5 == 4:
             events += engine.process()
     events += engine.process()
     events += engine.close_leg(call_id=call.name, party="customer")
-    for e in events:
-        d = e.to_dict()
-        if d["type"] == "emotion.spike" and d.get("phase") == "start":
-            spikes.append(d)
-    return spikes
+    return [e.to_dict() for e in events]
+
+
+def spike_starts(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``emotion.spike`` start events among ``events``."""
+    return [d for d in events if d["type"] == "emotion.spike" and d.get("phase") == "start"]
+
+
+def run_call(engine: Engine, call: StitchedCall) -> list[dict[str, Any]]:
+    """Stream one call in 20 ms chunks; returns its spike-start events as dicts."""
+    return spike_starts(stream_events(engine, call))
 
 
 def score(

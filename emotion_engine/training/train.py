@@ -407,13 +407,6 @@ def run_train(
         candidate=candidate,
         seed=seed,
     )
-    model = export_onnx(fitted, n_features=x.shape[1])
-    blob = model.SerializeToString()
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = out_dir / MODEL_FILE
-    onnx_path.write_bytes(blob)
     if command is None:
         command = (
             f"python -m emotion_engine.training.train --data {shlex.quote(str(data_dir))} "
@@ -427,6 +420,46 @@ def run_train(
                 else ""
             )
         )
+    return save_model(
+        fitted,
+        x=x,
+        names=names,
+        norm=norm,
+        normalisation=normalisation,
+        dataset=dataset,
+        data_dir=Path(data_dir),
+        out_dir=Path(out_dir),
+        seed=seed,
+        command=command,
+        started=started,
+    )
+
+
+def save_model(
+    fitted: FittedModel,
+    *,
+    x: NDArray[np.float32],
+    names: tuple[str, ...],
+    norm: CallNormParams | None,
+    normalisation: str,
+    dataset: Dataset,
+    data_dir: Path,
+    out_dir: Path,
+    seed: int,
+    command: str,
+    started: float,
+) -> Path:
+    """Export ``fitted`` and write ``emotion.onnx`` + ``emotion.manifest.json`` to
+    ``out_dir``; returns the .onnx path. ``x``: (n_rows, n_features) the training rows
+    (counted in the manifest; a sample of them checks the exported graph against
+    sklearn). ``started``: ``time.monotonic()`` when training began."""
+    candidate = fitted.candidate
+    model = export_onnx(fitted, n_features=x.shape[1])
+    blob = model.SerializeToString()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / MODEL_FILE
+    onnx_path.write_bytes(blob)
     in_graph = {
         "mean": [float(v) for v in fitted.scaler.mean_],
         "scale": [float(v) for v in fitted.scaler.scale_],
