@@ -20,6 +20,7 @@ from emotion_engine.training.data import NO_LABEL, load_dataset, read_clip
 from emotion_engine.training.evaluate import CARD_BEGIN, CARD_END, run_evaluate
 from emotion_engine.training.featurize import featurize
 from emotion_engine.training.train import balanced_weights, run_train
+from emotion_engine.training.training_card import CARD_FILE
 
 # Class -> (F0 Hz, amplitude): crude acted-emotion caricatures a classifier can separate.
 VOICES = {
@@ -87,6 +88,17 @@ def test_single_folder_layout_and_label_policy(tmp_path: Path) -> None:
     assert x.dtype == np.float32 and abs(x.size - 0.8 * 8000) <= 2
 
 
+def test_card_says_when_there_are_too_few_speakers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMOTION_ENGINE_CACHE", str(tmp_path / "cache"))
+    data = _make_corpus(tmp_path / "calls", speakers=2)
+    run_train(data_dir=data, out_dir=tmp_path / "model", seed=0, progress=False)
+    card = (tmp_path / "model" / CARD_FILE).read_text()
+    assert "Not estimated: the data has fewer than 3 speakers" in card
+    assert "UAR" not in card
+
+
 def test_single_class_corpus_is_arousal_only(tmp_path: Path) -> None:
     _make_corpus(tmp_path / "data" / "a", speakers=2, per_class=1)
     b = tmp_path / "data" / "b"
@@ -128,6 +140,14 @@ def test_train_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert manifest.feature_names == FUNCTIONAL_NAMES
     assert manifest.training_data["corpora"]["calls"]["speakers"] == 3
     assert len(manifest.normalisation["mean"]) == len(FUNCTIONAL_NAMES)
+
+    # The card beside the model: data, licence, and a speaker-grouped estimate (3 speakers
+    # -> 3 folds; the caricatures differ by emotion far more than by speaker).
+    card = (tmp_path / "model" / CARD_FILE).read_text()
+    assert "| calls | " in card and "user data" in card
+    assert "Speaker-grouped 3-fold cross-validation" in card
+    uar_cell = card.split("| UAR |")[1].splitlines()[2].split("|")[1]
+    assert float(uar_cell.strip().rstrip("%")) > 50.0
 
     model = EmotionModel.load(tmp_path / "model")
     ds = load_dataset(data)

@@ -39,7 +39,7 @@ from emotion_engine.config import (
     MODEL_SAMPLE_RATE_HZ,
 )
 from emotion_engine.errors import ConfigError, DatasetError, ModelError
-from emotion_engine.model.manifest import ModelManifest
+from emotion_engine.model.manifest import ModelManifest, load_manifest
 from emotion_engine.model.normalise import (
     PER_CALL_KIND,
     CallNormParams,
@@ -57,6 +57,7 @@ from emotion_engine.training.data import (
     Dataset,
     load_dataset,
 )
+from emotion_engine.training.training_card import speaker_cv, write_card
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +421,7 @@ def run_train(
                 else ""
             )
         )
-    return save_model(
+    onnx_path = save_model(
         fitted,
         x=x,
         names=names,
@@ -433,6 +434,14 @@ def run_train(
         command=command,
         started=started,
     )
+    cv = speaker_cv(dataset=dataset, x=x, candidate=candidate, seed=seed)
+    card = write_card(Path(out_dir), manifest=load_manifest(Path(out_dir) / MANIFEST_FILE), cv=cv)
+    log.info(
+        "speaker-grouped cross-validation: %s -> %s",
+        "not enough speakers" if cv is None else f"UAR {100 * cv['uar']:.1f} %",
+        card,
+    )
+    return onnx_path
 
 
 def save_model(
