@@ -57,8 +57,16 @@ def _add_model_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+DETECTOR_HELP = (
+    "spike-detector settings as KEY=VALUE[,KEY=VALUE] (fields of config.DetectorParams), "
+    "e.g. on_threshold=0.75,on_margin=0,smoothing_windows=1; pick an operating point "
+    "from models/tradeoff.png (default: the shipped defaults)"
+)
+
+
 def _add_analysis_args(parser: argparse.ArgumentParser) -> None:
     _add_model_arg(parser)
+    parser.add_argument("--detector", default="", metavar="KEY=VALUE,...", help=DETECTOR_HELP)
     parser.add_argument(
         "--channels",
         type=_parse_channels,
@@ -190,12 +198,16 @@ def _setup_logging(verbosity: int) -> None:
     )
 
 
-def _load_engine(model_path: str | None) -> Any:
+def _load_engine(model_path: str | None, detector: str = "") -> Any:
+    from emotion_engine.config import engine_params_with_detector
+    from emotion_engine.detect.spike import validate_detector_params
     from emotion_engine.engine.pipeline import Engine
     from emotion_engine.model.runtime import EmotionModel
 
+    params = engine_params_with_detector(detector)
+    validate_detector_params(params.detector)
     model = EmotionModel.load(Path(model_path or _model_default()))
-    return Engine(model=model)
+    return Engine(model=model, params=params)
 
 
 @contextlib.contextmanager
@@ -224,7 +236,7 @@ def _run_files(
     from emotion_engine.publish.console import CueFormatter
     from emotion_engine.publish.events import EventSequencer, to_json
 
-    engine = _load_engine(args.model)
+    engine = _load_engine(args.model, args.detector)
     cues = CueFormatter(verbose=args.verbose > 0)
     reports = []
     total_s = _total_duration(files) if progress else 0.0

@@ -8,8 +8,8 @@ cannot drift apart.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from emotion_engine.errors import ConfigError
@@ -108,6 +108,49 @@ DEFAULT_DETECTOR_PARAMS = DetectorParams()
 DEFAULT_ENGINE_PARAMS = EngineParams()
 
 
+def engine_params_with_detector(overrides: str | Sequence[str]) -> EngineParams:
+    """Default engine parameters with spike-detector fields replaced.
+
+    ``overrides``: ``KEY=VALUE`` items naming :class:`DetectorParams` fields, as a list or
+    one comma-separated string (``"on_threshold=0.75,smoothing_windows=1"``). A tuple
+    field takes several comma-separated values (``"spike_emotions=angry,sad"``): an item
+    without ``=`` continues the previous key. Raises ConfigError naming a bad item; the
+    combination is checked by the detector (``validate_detector_params``)."""
+    items = (
+        [i.strip() for i in overrides.split(",") if i.strip()]
+        if isinstance(overrides, str)
+        else [i.strip() for part in overrides for i in part.split(",") if i.strip()]
+    )
+    base = DetectorParams()
+    raw: dict[str, list[str]] = {}
+    last: str | None = None
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            if last is None or not isinstance(getattr(base, last), tuple):
+                raise ConfigError(
+                    f"detector setting {item!r}: expected KEY=VALUE with a DetectorParams field"
+                )
+            raw[last].append(key)
+            continue
+        if key not in {f.name for f in fields(DetectorParams)}:
+            known = ", ".join(f.name for f in fields(DetectorParams))
+            raise ConfigError(f"detector setting {item!r}: unknown key {key!r} (known: {known})")
+        raw[key] = [value.strip()]
+        last = key
+    changes: dict[str, Any] = {}
+    for key, values in raw.items():
+        current = getattr(base, key)
+        try:
+            changes[key] = tuple(values) if isinstance(current, tuple) else type(current)(values[0])
+        except ValueError as exc:
+            raise ConfigError(
+                f"detector setting {key}={values[0]!r} is not a valid {type(current).__name__}"
+            ) from exc
+    return EngineParams(detector=replace(base, **changes))
+
+
 @dataclass(frozen=True, slots=True)
 class ServeParams:
     """``emotion-engine serve``: every field is also a config-file key (TOML, same
@@ -150,6 +193,9 @@ class ServeParams:
     sip_answer_delay_s: float = 0.0  # ring (180) this long before answering
     # --- end SIP ---
     max_message_bytes: int = 1 << 20
+    # spike-detector overrides, "KEY=VALUE,KEY=VALUE" (DetectorParams fields); empty: the
+    # shipped defaults. models/tradeoff.png shows what each setting costs in false alarms.
+    detector: str = ""
 
 
 ENV_PREFIX = "EMOTION_ENGINE_"

@@ -50,6 +50,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="model directory or .onnx (default: the shipped model)",
     )
     parser.add_argument(
+        "--detector",
+        default=None,
+        metavar="KEY=VALUE,...",
+        help="spike-detector settings (fields of config.DetectorParams), e.g. "
+        "on_threshold=0.75,on_margin=0,smoothing_windows=1; pick an operating point from "
+        "models/tradeoff.png (default: the shipped defaults)",
+    )
+    parser.add_argument(
         "--config",
         default=None,
         metavar="FILE",
@@ -178,6 +186,7 @@ def params_from_args(args: argparse.Namespace) -> ServeParams:
         "rtp_port": args.rtp_port,
         "audiosocket_port": args.audiosocket_port,
         "model": args.model,
+        "detector": args.detector,
         "token": args.token,
         "audiohook_api_key": args.audiohook_api_key,
         "tls_cert": args.tls_cert,
@@ -228,6 +237,8 @@ async def _stream_demo(server: Any, params: ServeParams) -> None:
 
 
 async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = False) -> int:
+    from emotion_engine.config import engine_params_with_detector
+    from emotion_engine.detect.spike import validate_detector_params
     from emotion_engine.engine.pipeline import Engine
     from emotion_engine.engine.service import EngineService
     from emotion_engine.model.runtime import DEFAULT_MODEL_DIR, EmotionModel
@@ -235,9 +246,11 @@ async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = F
     from emotion_engine.publish.hub import EventHub
     from emotion_engine.server import EngineServer
 
+    engine_params = engine_params_with_detector(params.detector)
+    validate_detector_params(engine_params.detector)
     model = EmotionModel.load(Path(params.model) if params.model else DEFAULT_MODEL_DIR)
     service = EngineService(
-        engine=Engine(model=model),
+        engine=Engine(model=model, params=engine_params),
         hub=EventHub(replay_events=params.replay_events, max_queue=params.subscriber_queue),
         tick_s=params.tick_s,
     )

@@ -172,3 +172,28 @@ def test_demo_runs_fast_and_shows_a_customer_anger_cue() -> None:
     assert result.returncode == 0, result.stderr
     assert "angry" in result.stderr.lower()
     assert "=== summary ===" in result.stderr
+
+
+def test_detector_settings_change_what_is_reported() -> None:
+    """``--detector`` reaches the spike detector: a deaf setting (start at P(angry) 0.99
+    over 3 windows) reports no anger spike where the defaults report one; a bad setting
+    is one clear line and exit 1."""
+    default = cli("demo", "--speed", "0", "--out", "/dev/stdout")
+    deaf = cli(
+        "demo", "--speed", "0", "--out", "/dev/stdout",
+        "--detector", "on_threshold=0.99,early_on_threshold=0.99,smoothing_windows=3",
+    )  # fmt: skip
+    assert default.returncode == 0 and deaf.returncode == 0, deaf.stderr
+
+    def spikes(stdout: str) -> int:
+        return sum(
+            1 for e in events_of(stdout) if e["type"] == "emotion.spike" and e["phase"] == "start"
+        )
+
+    assert spikes(default.stdout) >= 1
+    assert spikes(deaf.stdout) == 0
+    bad = cli("demo", "--speed", "0", "--detector", "on_threshold=1.5")
+    assert bad.returncode == 1
+    assert "on_threshold=1.5 must lie in [0, 1]" in bad.stderr and "Traceback" not in bad.stderr
+    unknown = cli("demo", "--speed", "0", "--detector", "on_treshold=0.7")
+    assert unknown.returncode == 1 and "unknown key 'on_treshold'" in unknown.stderr

@@ -148,3 +148,35 @@ def test_config_precedence_file_env_command_line(tmp_path: Path) -> None:
     assert params.audiosocket_port == ServeParams().audiosocket_port  # default
     with pytest.raises(ConfigError, match="rtp_port"):
         load_serve_params(env={"EMOTION_ENGINE_RTP_PORT": "forty"})
+
+
+def test_detector_overrides_parse_and_reject_clearly() -> None:
+    from emotion_engine.config import DetectorParams, engine_params_with_detector
+
+    params = engine_params_with_detector("on_threshold=0.75, spike_emotions=angry,sad,on_margin=0")
+    assert params.detector == DetectorParams(
+        on_threshold=0.75, spike_emotions=("angry", "sad"), on_margin=0.0
+    )
+    assert engine_params_with_detector("").detector == DetectorParams()
+    assert engine_params_with_detector(["smoothing_windows=3"]).detector.smoothing_windows == 3
+    with pytest.raises(ConfigError, match="unknown key 'threshold'"):
+        engine_params_with_detector("threshold=0.7")
+    with pytest.raises(ConfigError, match="not a valid float"):
+        engine_params_with_detector("on_threshold=high")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        engine_params_with_detector("0.7")
+
+
+def test_bad_detector_setting_stops_serve_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "engine.toml"
+    config.write_text('detector = "off_threshold=0.9"\n')  # above on_threshold: no hysteresis
+    result = subprocess.run(
+        [sys.executable, "-m", "emotion_engine", "serve", "--config", str(config), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert "off_threshold=0.9 must not exceed" in result.stderr
+    assert "Traceback" not in result.stderr

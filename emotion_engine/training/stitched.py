@@ -40,9 +40,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from emotion_engine.audio.pcm import float32_to_int16
-from emotion_engine.config import DEFAULT_ENGINE_PARAMS, MODEL_SAMPLE_RATE_HZ, EngineParams
+from emotion_engine.config import MODEL_SAMPLE_RATE_HZ, engine_params_with_detector
 from emotion_engine.engine.pipeline import Engine
-from emotion_engine.errors import ConfigError, DatasetError
+from emotion_engine.errors import DatasetError
 from emotion_engine.frames import AudioChunk
 from emotion_engine.model.runtime import EmotionModel
 from emotion_engine.training.augment import g711_roundtrip
@@ -299,23 +299,6 @@ def _filtered_data_dir(data_dir: Path, exclude: Sequence[str], into: Path) -> Pa
     return into
 
 
-def _engine_params(overrides: Sequence[str]) -> EngineParams:
-    """``KEY=VALUE`` strings -> engine parameters with those detector fields replaced."""
-    base = DEFAULT_ENGINE_PARAMS.detector
-    changes: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not hasattr(base, key):
-            raise ConfigError(
-                f"--detector: expected KEY=VALUE with a DetectorParams field, got {item!r}"
-            )
-        current = getattr(base, key)
-        changes[key] = (
-            tuple(value.split(",")) if isinstance(current, tuple) else type(current)(value)
-        )
-    return dataclasses.replace(DEFAULT_ENGINE_PARAMS, detector=dataclasses.replace(base, **changes))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m emotion_engine.training.stitched",
@@ -355,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "smoothing_windows=2 min_duration_s=0.5",
     )
     args = parser.parse_args(argv)
-    params = _engine_params(args.detector)
+    params = engine_params_with_detector(args.detector)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     speakers = resolve_speakers(_rows(args.data), args.speakers)
