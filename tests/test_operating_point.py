@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,9 +18,12 @@ from emotion_engine.model.runtime import EmotionModel
 from emotion_engine.training.operating_point import (
     GridPoint,
     choose,
+    choose_points,
     default_grid,
+    format_table,
     grid_point_of,
     pareto,
+    plot_tradeoff,
     replay_spikes,
     scores_from_events,
     temper,
@@ -140,3 +144,47 @@ def test_choose_falls_back_to_fewest_false_spikes() -> None:
 def test_pareto_keeps_only_undominated_points() -> None:
     pts = [(0.0, 0.2), (1.0, 0.1), (1.0, 0.5), (3.0, 0.5), (5.0, 0.9), (0.0, 0.1)]
     assert pareto(pts) == [(0.0, 0.2), (1.0, 0.5), (5.0, 0.9)]
+
+
+def test_budgets_nested_choice_table_and_plot(tmp_path: Path) -> None:
+    """From a sweep alone (``--replot``): the rule per budget, the nested choice (picked
+    on the other corpora, scored on the held-out one), a table and a plot."""
+    grid = [GridPoint(0.6, 0.3, 2, 0.5), GridPoint(0.9, 0.4, 3, 1.0)]
+    twitchy, deaf = (p.key() for p in grid)
+
+    def fig(hits: int, fa: float) -> dict[str, float | int | None]:
+        return {
+            "anger_segments": 10,
+            "detected_within_3s": hits,
+            "spike_recall_3s": hits / 10,
+            "median_delay_s": 2.0 if hits else None,
+            "false_spikes_per_hour": fa,
+        }
+
+    sweep = {
+        "a": {twitchy: fig(8, 20.0), deaf: fig(1, 0.0)},
+        "b": {twitchy: fig(6, 1.0), deaf: fig(2, 0.0)},
+    }
+    result: dict[str, Any] = {
+        "corpora": ["a", "b"],
+        "calibration": {
+            c: {"temperature": 2.0, "calibration_clips": 9, "ece_raw": 0.3, "ece_scaled": 0.1}
+            for c in ("a", "b")
+        },
+        "fa_budget_per_hour": 2.0,
+        "defaults": {"key": twitchy},
+        "sweep": {"raw": sweep, "calibrated": sweep},
+    }
+    result.update(choose_points(result, grid=grid))
+    assert result["budgets_per_hour"] == [2.0, 10.0, 30.0]
+    # macro false alarms: twitchy 10.5/h, deaf 0/h
+    assert result["chosen"]["raw"]["2"]["key"] == deaf
+    assert result["chosen"]["raw"]["30"]["key"] == twitchy
+    # held-out "a" gets the point picked on "b" alone: twitchy is within 2/h there
+    assert result["nested"]["raw"]["2"]["a"]["key"] == twitchy
+    assert result["nested"]["raw"]["2"]["a"]["false_spikes_per_hour"] == 20.0
+    assert result["nested"]["raw"]["2"]["b"]["key"] == deaf
+    table = format_table(result)
+    assert "| 2/h | raw |" in table and "80 % (8/10), 20.0/h" in table
+    plot_tradeoff(result, tmp_path / "tradeoff.png")
+    assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
