@@ -1,0 +1,1175 @@
+"""A small temporal model over LLD frames, compared with the functionals classifier.
+
+    python -m emotion_engine.training.temporal --data ../shared/data --out models/temporal.json
+
+The shipped model sees one vector of functionals per 2 s window. This module trains a
+1-D CNN (``--arch cnn``, default), a GRU (``--arch gru``) or both (``--arch cnn,gru``,
+each trained and scored in turn) on the window's frame-level
+descriptors themselves (:func:`emotion_engine.features.compute_lld`, 26 LLDs per 25 ms
+frame, 10 ms hop) and scores it under the project's leave-one-corpus-out protocol:
+train on the other corpora, test on the held-out one, for every corpus whose labels
+cover the four classes (BAVED carries arousal levels only and is left out).
+
+Data, as the functionals pipeline (:mod:`emotion_engine.training.featurize`): every
+training clip twice, once through the G.711 mu-law round trip and once through the
+seeded random telephony augmentation; held-out clips through mu-law only. LLD
+sequences are cached on disk like the functionals.
+
+Windows: fixed crops of ``--crop-frames`` frames (default 100 = 1 s: TurEV-DB clips last
+~1 s, so a 2 s crop would be mostly padding there). Training draws one random crop per
+clip and epoch among the crops holding at least ``min_voiced_frames`` voiced frames
+(the engine's speech gate); a clip shorter than a crop is wrap-padded. At test time a
+clip is cut into crops every ``hop_frames`` (the engine's 0.5 s hop), crops failing the
+speech gate are dropped (the engine does not score them either) and the probabilities
+of the rest are averaged, as the live engine averages over windows.
+
+Standardisation: each LLD by the mean and std of the training frames, stored in the
+network (the ONNX graph takes raw LLDs), so it is identical at train and test and costs
+nothing live. Per-window z-scoring (``--norm window``) is the alternative: it removes
+level and pitch offsets of talker and channel but also the absolute level and pitch
+that separate angry from sad.
+
+Loss: cross-entropy weighted by inverse class frequency. No early stopping: the held-out
+corpus is never looked at before the final scoring. Test metrics are computed with
+onnxruntime on the exported graph (the path the engine would run), and per-window
+latency is measured beside the shipped functionals model's.
+
+Torch is an optional dependency: ``pip install -e '.[temporal]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from emotion_engine.audio.framing import frame_signal
+from emotion_engine.config import DEFAULT_FEATURE_PARAMS, DEFAULT_WINDOW_PARAMS, FeatureParams
+from emotion_engine.errors import ConfigError, DatasetError, EngineError
+from emotion_engine.features.functionals import voiced_ratio
+from emotion_engine.features.lld import LLD_NAMES, compute_lld
+from emotion_engine.training.data import NO_LABEL, Clip, Dataset, load_dataset, read_clip
+from emotion_engine.training.featurize import (
+    cache_key,
+    clip_rng,
+    default_cache_dir,
+    degrade,
+)
+from emotion_engine.training.metrics import confusion_matrix, recalls, roc_auc, uar
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+N_LLD = len(LLD_NAMES)
+ARCHITECTURES: tuple[str, ...] = ("cnn", "gru")
+NORMS: tuple[str, ...] = ("global", "window")
+ONNX_OPSET = 17
+INPUT_NAME = "lld"
+OUTPUT_NAME = "probabilities"
+DEFAULT_CROP_FRAMES = 100  # 1 s
+DEFAULT_HOP_FRAMES = DEFAULT_WINDOW_PARAMS.hop_frames  # 0.5 s, the engine's window hop
+DEFAULT_CHANNELS: dict[str, int] = {"cnn": 32, "gru": 64}
+"""Hidden width per network: a 64-channel CNN measured ~4x slower per epoch than 32 on
+the 2-core build host; the GRU's recurrence is cheaper per channel."""
+_STD_FLOOR = 1e-3  # a constant LLD in the training frames (never in practice) stays finite
+
+
+class TorchMissingError(EngineError):
+    """The temporal model needs PyTorch, an optional dependency."""
+
+
+def require_torch() -> Any:
+    """Import torch or raise :class:`TorchMissingError` saying how to install it."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise TorchMissingError(
+            f"the temporal model needs PyTorch: pip install -e '.[temporal]' (import failed: {exc})"
+        ) from exc
+    return torch
+
+
+# ---------------------------------------------------------------------------------------
+# LLD sequences (numpy only)
+
+
+def clip_lld(
+    *, samples: NDArray[np.float32], params: FeatureParams = DEFAULT_FEATURE_PARAMS
+) -> NDArray[np.float32]:
+    """LLD frames of a clip: (n_samples,) float32 8 kHz -> (n_frames, N_LLD) float32.
+
+    The same framing as :func:`emotion_engine.features.extract_clip_features` (one frame
+    every ``hop_length`` samples, no padding); a clip shorter than one frame gives (0, N_LLD).
+    """
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim != 1:
+        raise ConfigError(f"samples must be (n_samples,), got {x.shape}")
+    if x.shape[0] < params.frame_length:
+        return np.zeros((0, N_LLD), dtype=np.float32)
+    frames = frame_signal(samples=x, frame_length=params.frame_length, hop_length=params.hop_length)
+    return compute_lld(frames=frames, params=params)
+
+
+@dataclass(frozen=True, slots=True)
+class LldSequences:
+    """Variable-length LLD sequences stored end to end.
+
+    ``frames``: (total_frames, N_LLD) float32; ``offsets``: (n_clips + 1,) int64, clip
+    ``i`` is ``frames[offsets[i]:offsets[i + 1]]``.
+    """
+
+    frames: NDArray[np.float32]
+    offsets: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.offsets.size - 1)
+
+    def clip(self, i: int) -> NDArray[np.float32]:
+        """(n_frames_i, N_LLD) frames of clip ``i`` (a view)."""
+        return self.frames[self.offsets[i] : self.offsets[i + 1]]
+
+    @classmethod
+    def from_list(cls, seqs: Sequence[NDArray[np.float32]]) -> LldSequences:
+        lengths = np.array([s.shape[0] for s in seqs], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        frames = (
+            np.concatenate(seqs).astype(np.float32)
+            if seqs
+            else np.zeros((0, N_LLD), dtype=np.float32)
+        )
+        return cls(frames=frames, offsets=offsets)
+
+
+def lld_sequences(
+    *,
+    clips: Sequence[Clip],
+    condition: str,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> LldSequences:
+    """LLD sequences of ``clips`` after ``condition`` (``"test"``: mu-law; ``"train"``:
+    the per-clip seeded telephony augmentation), cached like the functionals.
+
+    The audio is exactly what :func:`emotion_engine.training.featurize.featurize` turns
+    into functionals for the same clips, condition and seed.
+    """
+    if condition not in ("test", "train"):
+        raise ConfigError(f"condition must be 'test' or 'train', got {condition!r}")
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    # the functionals' key covers the feature, codec and augmentation code, seed and
+    # files; the prefix keeps these files apart from the functionals
+    key = cache_key(clips=clips, condition=condition, seed=seed, extractor_id="engine")
+    path = cache_dir / f"lldseq-{condition}-{key}.npz"
+    if path.is_file():
+        with np.load(path) as cached:
+            log.info("LLD sequences from cache %s", path)
+            return LldSequences(frames=cached["frames"], offsets=cached["offsets"])
+
+    from tqdm import tqdm
+
+    seqs: list[NDArray[np.float32]] = []
+    for clip in tqdm(clips, desc=f"LLD sequences ({condition})", unit="clip", disable=not progress):
+        samples = read_clip(clip.path)
+        rng = clip_rng(seed=seed, clip=clip) if condition == "train" else None
+        audio = degrade(samples=samples, condition=condition, rng=rng)
+        seqs.append(clip_lld(samples=audio))
+    out = LldSequences.from_list(seqs)
+    if not np.all(np.isfinite(out.frames)):
+        raise DatasetError(f"LLD frames are not finite under condition {condition!r}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, frames=out.frames, offsets=out.offsets)
+    tmp.replace(path)
+    return out
+
+
+def voiced_frames(*, lld: NDArray[np.floating]) -> NDArray[np.bool_]:
+    """(n_frames,) True where a frame counts as voiced for the engine's speech gate.
+
+    ``lld``: (n_frames, N_LLD). Same rule as :func:`voiced_ratio` (which it checks).
+    """
+    if lld.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    # voiced_ratio of one-frame windows is the per-frame flag, so the rule stays in one place
+    flags: NDArray[np.bool_] = voiced_ratio(lld=np.asarray(lld)[:, None, :]) > 0.5
+    return flags
+
+
+def crop(*, lld: NDArray[np.float32], start: int, crop_frames: int) -> NDArray[np.float32]:
+    """(crop_frames, N_LLD) frames from ``start``; ``lld``: (n_frames, N_LLD).
+
+    A clip shorter than the crop is wrap-padded (its own frames repeated) rather than
+    zero-padded, so the padding carries the clip's statistics and no artificial frames
+    the live engine (whose windows are always full) would never see. An empty clip
+    gives zeros.
+    """
+    n = lld.shape[0]
+    if n == 0:
+        return np.zeros((crop_frames, lld.shape[1]), dtype=np.float32)
+    if n <= crop_frames:
+        return np.ascontiguousarray(np.pad(lld, ((0, crop_frames - n), (0, 0)), mode="wrap"))
+    if not 0 <= start <= n - crop_frames:
+        raise ConfigError(f"crop start {start} outside 0..{n - crop_frames}")
+    return np.ascontiguousarray(lld[start : start + crop_frames])
+
+
+def window_starts(*, n_frames: int, crop_frames: int, hop_frames: int) -> NDArray[np.int64]:
+    """(n_windows,) start frames of the test windows: every ``hop_frames``, the last one
+    flush with the clip's end so no tail is lost; ``[0]`` for a clip no longer than a crop."""
+    if crop_frames < 1 or hop_frames < 1:
+        raise ConfigError(f"crop_frames {crop_frames} and hop_frames {hop_frames} must be >= 1")
+    if n_frames <= crop_frames:
+        return np.zeros(1, dtype=np.int64)
+    last = n_frames - crop_frames
+    starts = np.arange(0, last + 1, hop_frames, dtype=np.int64)
+    if starts[-1] != last:
+        starts = np.append(starts, last)
+    return starts
+
+
+def voiced_counts(*, voiced: NDArray[np.bool_], crop_frames: int) -> NDArray[np.int64]:
+    """Voiced frames in every crop: (n_frames,) flags -> (max(n_frames - crop_frames, 0) + 1,)
+    counts for starts 0, 1, ...; a clip shorter than a crop gives its total once."""
+    csum: NDArray[np.int64] = np.concatenate([[0], np.cumsum(voiced, dtype=np.int64)])
+    n = voiced.size
+    if n <= crop_frames:
+        return csum[-1:].copy()
+    return csum[crop_frames:] - csum[: n - crop_frames + 1]
+
+
+def speech_starts(
+    *, lld: NDArray[np.float32], crop_frames: int, min_voiced_frames: int
+) -> NDArray[np.int64]:
+    """(k,) crop starts whose crop passes the speech gate; ``lld``: (n_frames, N_LLD).
+
+    When no crop passes (a clip with almost no voicing), the crop with the most voiced
+    frames is kept, so every labelled clip trains and scores.
+    """
+    counts = voiced_counts(voiced=voiced_frames(lld=lld), crop_frames=crop_frames)
+    ok: NDArray[np.int64] = np.flatnonzero(counts >= min_voiced_frames).astype(np.int64)
+    return ok if ok.size else np.array([int(np.argmax(counts))], dtype=np.int64)
+
+
+def clip_windows(
+    *,
+    lld: NDArray[np.float32],
+    crop_frames: int,
+    hop_frames: int,
+    min_voiced_frames: int,
+) -> NDArray[np.float32]:
+    """The test windows of one clip: (n_frames, N_LLD) -> (n_windows, crop_frames, N_LLD).
+
+    Windows every ``hop_frames`` (see :func:`window_starts`); those with fewer than
+    ``min_voiced_frames`` voiced frames are dropped, as the engine drops "no speech"
+    windows, unless that drops all, when the most voiced window is kept.
+    """
+    starts = window_starts(n_frames=lld.shape[0], crop_frames=crop_frames, hop_frames=hop_frames)
+    counts = voiced_counts(voiced=voiced_frames(lld=lld), crop_frames=crop_frames)
+    per_window = counts[np.minimum(starts, counts.size - 1)]
+    keep = starts[per_window >= min_voiced_frames]
+    if keep.size == 0:
+        keep = starts[[int(np.argmax(per_window))]]
+    return np.stack([crop(lld=lld, start=int(s), crop_frames=crop_frames) for s in keep])
+
+
+def average_windows(
+    *, probabilities: NDArray[np.floating], clip_index: NDArray[np.int64], n_clips: int
+) -> NDArray[np.float64]:
+    """Mean window probabilities per clip: (n_windows, n_classes) with (n_windows,) clip
+    indices -> (n_clips, n_classes). Every clip must own at least one window."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    idx = np.asarray(clip_index, dtype=np.int64)
+    if p.ndim != 2 or idx.shape != (p.shape[0],):
+        raise ConfigError(f"probabilities {p.shape} and clip_index {idx.shape} do not match")
+    counts = np.bincount(idx, minlength=n_clips)
+    if counts.size != n_clips or np.any(counts == 0):
+        raise ConfigError("every clip needs at least one window")
+    sums = np.zeros((n_clips, p.shape[1]), dtype=np.float64)
+    np.add.at(sums, idx, p)
+    out: NDArray[np.float64] = sums / counts[:, None]
+    return out
+
+
+def eval_windows(
+    *,
+    seqs: LldSequences,
+    rows: NDArray[np.int64],
+    crop_frames: int,
+    hop_frames: int,
+    min_voiced_frames: int,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """All test windows of clips ``rows``: (n_windows, crop_frames, N_LLD) and (n_windows,)
+    index into ``rows`` of the clip each window belongs to."""
+    windows: list[NDArray[np.float32]] = []
+    owner: list[NDArray[np.int64]] = []
+    for k, i in enumerate(rows):
+        w = clip_windows(
+            lld=seqs.clip(int(i)),
+            crop_frames=crop_frames,
+            hop_frames=hop_frames,
+            min_voiced_frames=min_voiced_frames,
+        )
+        windows.append(w)
+        owner.append(np.full(w.shape[0], k, dtype=np.int64))
+    return np.concatenate(windows), np.concatenate(owner)
+
+
+def class_weights(*, y: NDArray[np.int64], n_classes: int) -> NDArray[np.float32]:
+    """(n_classes,) inverse-frequency weights, mean 1 over the samples: the balanced loss."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    if np.any(counts == 0):
+        raise DatasetError(f"a class has no training clip (counts {counts.tolist()})")
+    w = y.size / (n_classes * counts)
+    return w.astype(np.float32)
+
+
+def frame_stats(
+    *, seqs: Sequence[LldSequences], rows: NDArray[np.int64]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """(N_LLD,) mean and std of every frame of clips ``rows`` across ``seqs``."""
+    total = np.zeros(N_LLD, dtype=np.float64)
+    total_sq = np.zeros(N_LLD, dtype=np.float64)
+    n = 0
+    for s in seqs:
+        for i in rows:
+            f = s.clip(int(i)).astype(np.float64)
+            total += f.sum(axis=0)
+            total_sq += np.square(f).sum(axis=0)
+            n += f.shape[0]
+    if n == 0:
+        raise DatasetError("no training frames")
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    return mean.astype(np.float32), np.maximum(std, _STD_FLOOR).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# the network (torch)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    arch: str = "cnn"
+    norm: str = "global"
+    crop_frames: int = DEFAULT_CROP_FRAMES
+    hop_frames: int = DEFAULT_HOP_FRAMES
+    min_voiced_frames: int = DEFAULT_WINDOW_PARAMS.min_voiced_frames
+    channels: int = 32
+    epochs: int = 25
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-2
+    dropout: float = 0.3
+    seed: int = 0
+    threads: int = 1
+
+
+def build_net(*, config: TrainConfig, mean: NDArray[np.float32], std: NDArray[np.float32]) -> Any:
+    """The network: (batch, crop_frames, N_LLD) raw LLDs -> (batch, n_classes) logits.
+
+    ``cnn``: three 1-D convolutions (kernel 5, dilation 1/2/4, batch norm, ReLU; a 0.29 s
+    receptive field) then mean and max over time. ``gru``: one GRU layer, mean and last
+    state. Both end in dropout and one linear layer. ``mean``/``std`` (N_LLD,) standardise
+    the input inside the graph (``norm="global"``); ``norm="window"`` z-scores each LLD
+    over the window instead.
+    """
+    th = require_torch()
+    nn = th.nn
+    module: Any = nn.Module  # torch is imported lazily: its classes are values here
+    n_classes = 4
+    c = config.channels
+
+    class Standardise(module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", th.from_numpy(np.asarray(mean, dtype=np.float32)))
+            self.register_buffer("std", th.from_numpy(np.asarray(std, dtype=np.float32)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if config.norm == "window":
+                mu = x.mean(dim=1, keepdim=True)
+                sd = x.std(dim=1, keepdim=True) + _STD_FLOOR
+                return (x - mu) / sd
+            scaled: torch.Tensor = (x - self.mean) / self.std
+            return scaled
+
+    class Cnn(module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.standardise = Standardise()
+            layers: list[Any] = []
+            width = N_LLD
+            for dilation in (1, 2, 4):
+                layers += [
+                    nn.Conv1d(width, c, kernel_size=5, dilation=dilation, padding=2 * dilation),
+                    nn.BatchNorm1d(c),
+                    nn.ReLU(),
+                ]
+                width = c
+            self.body = nn.Sequential(*layers)
+            self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * c, n_classes))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.body(self.standardise(x).transpose(1, 2))  # (batch, c, time)
+            pooled = th.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
+            out: torch.Tensor = self.head(pooled)
+            return out
+
+    class Gru(module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.standardise = Standardise()
+            self.gru = nn.GRU(N_LLD, c, batch_first=True)
+            self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * c, n_classes))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, _ = self.gru(self.standardise(x))  # (batch, time, c)
+            pooled = th.cat([h.mean(dim=1), h[:, -1]], dim=1)
+            out: torch.Tensor = self.head(pooled)
+            return out
+
+    if config.arch == "cnn":
+        return Cnn()
+    if config.arch == "gru":
+        return Gru()
+    raise ConfigError(f"unknown architecture {config.arch!r} (expected one of {ARCHITECTURES})")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainSet:
+    """Training clips: LLD sequences under each condition, and labels.
+
+    ``sources``: the sequences (mu-law and augmented); ``rows``: (n,) clip indices into
+    them; ``y``: (n,) labels of those clips.
+    """
+
+    sources: tuple[LldSequences, ...]
+    rows: NDArray[np.int64]
+    y: NDArray[np.int64]
+
+
+def train_net(
+    *, train_set: TrainSet, config: TrainConfig, progress: bool = True, desc: str = "train"
+) -> Any:
+    """Fit a fresh network on random crops; returns it in eval mode.
+
+    Each epoch draws one speech-gated random crop of every training clip from every
+    source (so each clip is seen mu-law and augmented), in shuffled batches.
+    """
+    th = require_torch()
+    from tqdm import tqdm
+
+    th.manual_seed(config.seed)
+    th.set_num_threads(config.threads)
+    rng = np.random.default_rng(config.seed)
+    mean, std = frame_stats(seqs=train_set.sources, rows=train_set.rows)
+    net = build_net(config=config, mean=mean, std=std)
+    # (source, clip) pairs and the crop starts that pass the speech gate, computed once
+    pairs = [(s, int(i)) for s in range(len(train_set.sources)) for i in train_set.rows]
+    labels = np.tile(train_set.y, len(train_set.sources))
+    allowed = [
+        speech_starts(
+            lld=train_set.sources[s].clip(i),
+            crop_frames=config.crop_frames,
+            min_voiced_frames=config.min_voiced_frames,
+        )
+        for s, i in pairs
+    ]
+    weights = th.from_numpy(class_weights(y=labels, n_classes=4))
+    loss_fn = th.nn.CrossEntropyLoss(weight=weights)
+    optimiser = th.optim.AdamW(
+        net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = int(np.ceil(len(pairs) / config.batch_size))
+    scheduler = th.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch
+    )
+    net.train()
+    bar = tqdm(range(config.epochs), desc=desc, unit="epoch", disable=not progress)
+    for _ in bar:
+        order = rng.permutation(len(pairs))
+        total_loss = 0.0
+        for b in range(steps_per_epoch):
+            batch = order[b * config.batch_size : (b + 1) * config.batch_size]
+            x = np.stack(
+                [
+                    crop(
+                        lld=train_set.sources[pairs[k][0]].clip(pairs[k][1]),
+                        start=int(rng.choice(allowed[k])),
+                        crop_frames=config.crop_frames,
+                    )
+                    for k in batch
+                ]
+            )
+            logits = net(th.from_numpy(x))
+            loss = loss_fn(logits, th.from_numpy(labels[batch]))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            total_loss += float(loss.detach()) * batch.size
+        bar.set_postfix(loss=f"{total_loss / len(pairs):.3f}")
+    net.eval()
+    return net
+
+
+def torch_probabilities(*, net: Any, windows: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Softmax output of ``net`` in eval mode: (n, crop_frames, N_LLD) -> (n, n_classes)."""
+    th = require_torch()
+    with th.no_grad():
+        p = th.softmax(net(th.from_numpy(np.ascontiguousarray(windows))), dim=1)
+    out: NDArray[np.float32] = p.numpy().astype(np.float32)
+    return out
+
+
+def export_onnx(*, net: Any, path: Path, crop_frames: int) -> None:
+    """Write ``net`` + softmax as ONNX (opset :data:`ONNX_OPSET`): input ``lld``
+    (batch, crop_frames, N_LLD) float32, output ``probabilities`` (batch, 4); batch dynamic."""
+    th = require_torch()
+
+    module: Any = th.nn.Module  # torch is imported lazily: its classes are values here
+
+    class WithSoftmax(module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = th.softmax(self.net(x), dim=1)
+            return out
+
+    model = WithSoftmax().eval()
+    dummy = th.zeros(1, crop_frames, N_LLD, dtype=th.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # the TorchScript exporter is deprecated in favour of the dynamo one, which
+        # needs onnxscript (not a dependency); its graph is the same for this net
+        warnings.simplefilter("ignore")
+        th.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+
+
+def onnx_session(path: Path) -> Any:
+    """A single-threaded onnxruntime session, configured as the engine's EmotionModel."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def onnx_probabilities(
+    *, session: Any, windows: NDArray[np.float32], batch_size: int = 512
+) -> NDArray[np.float32]:
+    """(n, crop_frames, N_LLD) -> (n, n_classes) probabilities from the ONNX session."""
+    parts = [
+        session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(windows[s : s + batch_size])})[
+            0
+        ]
+        for s in range(0, windows.shape[0], batch_size)
+    ]
+    return np.concatenate(parts).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# evaluation
+
+
+def emotion_metrics(
+    *,
+    y_true: NDArray[np.int64],
+    probabilities: NDArray[np.floating],
+    labels: Sequence[str],
+) -> dict[str, Any]:
+    """UAR, per-class recall, angry-vs-rest AUC and confusion of (n,) labels against
+    (n, n_classes) clip probabilities."""
+    n = len(labels)
+    pred = np.asarray(probabilities).argmax(axis=1)
+    cm = confusion_matrix(y_true=y_true, y_pred=pred, n_classes=n)
+    rec = recalls(confusion=cm)
+    return {
+        "n": int(y_true.size),
+        "uar": uar(y_true=y_true, y_pred=pred, n_classes=n),
+        "recall": {
+            name: None if np.isnan(r) else float(r) for name, r in zip(labels, rec, strict=True)
+        },
+        "angry_auc": roc_auc(
+            y_true=y_true == labels.index("angry"),
+            scores=np.asarray(probabilities)[:, labels.index("angry")],
+        ),
+        "confusion": cm.tolist(),
+    }
+
+
+def four_class_corpora(dataset: Dataset) -> list[str]:
+    """Corpora whose emotion labels cover every label of the dataset (LOCO test sets)."""
+    out = []
+    for name in dataset.corpora:
+        mine = dataset.y[(dataset.corpus == name) & (dataset.y != NO_LABEL)]
+        if np.unique(mine).size == len(dataset.labels):
+            out.append(name)
+    return out
+
+
+def evaluate_temporal(
+    *,
+    dataset: Dataset,
+    test_seqs: LldSequences,
+    train_seqs: LldSequences,
+    config: TrainConfig,
+    work_dir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Leave-one-corpus-out: per held-out four-class corpus, train on the other corpora's
+    labelled clips, export ONNX, score the held-out clips through onnxruntime.
+
+    ``test_seqs``/``train_seqs``: LLD sequences of every clip of ``dataset`` (mu-law /
+    augmented). Returns per-corpus metrics, the mean UAR and AUC, and timings.
+    """
+    labels = list(dataset.labels)
+    labelled = dataset.y != NO_LABEL
+    per_corpus: dict[str, Any] = {}
+    for name in four_class_corpora(dataset):
+        started = time.monotonic()
+        train_rows = np.flatnonzero(labelled & (dataset.corpus != name)).astype(np.int64)
+        test_rows = np.flatnonzero(labelled & (dataset.corpus == name)).astype(np.int64)
+        train_set = TrainSet(
+            sources=(test_seqs, train_seqs), rows=train_rows, y=dataset.y[train_rows]
+        )
+        net = train_net(
+            train_set=train_set, config=config, progress=progress, desc=f"train without {name}"
+        )
+        train_s = time.monotonic() - started
+        onnx_path = work_dir / f"temporal-{config.arch}-without-{name}.onnx"
+        export_onnx(net=net, path=onnx_path, crop_frames=config.crop_frames)
+        windows, owner = eval_windows(
+            seqs=test_seqs,
+            rows=test_rows,
+            crop_frames=config.crop_frames,
+            hop_frames=config.hop_frames,
+            min_voiced_frames=config.min_voiced_frames,
+        )
+        session = onnx_session(onnx_path)
+        p_onnx = onnx_probabilities(session=session, windows=windows)
+        p_torch = torch_probabilities(net=net, windows=windows)
+        clip_p = average_windows(probabilities=p_onnx, clip_index=owner, n_clips=test_rows.size)
+        block = emotion_metrics(y_true=dataset.y[test_rows], probabilities=clip_p, labels=labels)
+        block.update(
+            {
+                "train_clips": int(train_rows.size),
+                "test_windows": int(windows.shape[0]),
+                "onnx_vs_torch_max_abs_diff": float(np.max(np.abs(p_onnx - p_torch))),
+                "train_s": round(train_s, 1),
+            }
+        )
+        per_corpus[name] = block
+        log.info(
+            "held out %s: UAR %.1f %%, angry AUC %.1f %% (%.0f s)",
+            name,
+            100 * block["uar"],
+            100 * block["angry_auc"],
+            train_s,
+        )
+    if not per_corpus:
+        raise DatasetError("no corpus covers all four labels: nothing to hold out")
+    return {
+        "per_corpus": per_corpus,
+        "uar_mean": float(np.mean([b["uar"] for b in per_corpus.values()])),
+        "angry_auc_mean": float(np.mean([b["angry_auc"] for b in per_corpus.values()])),
+        "train_s_total": round(sum(b["train_s"] for b in per_corpus.values()), 1),
+    }
+
+
+def functionals_loco(
+    *, dataset: Dataset, seed: int, corpora: Sequence[str], progress: bool
+) -> dict[str, Any]:
+    """The shipped functionals recipe under the same LOCO splits, in this run
+    (:mod:`emotion_engine.training.evaluate`, raw functionals as the card's main table)."""
+    from emotion_engine.training.evaluate import evaluate_features, load_features
+
+    feats = load_features(dataset, seed=seed, include_baseline=False, progress=progress)
+    results = evaluate_features(
+        dataset,
+        feats,
+        seed=seed,
+        compare_candidates=False,
+        progress=progress,
+        normalisation="none",
+    )
+    labels = list(dataset.labels)
+    per_corpus: dict[str, Any] = {}
+    for name in corpora:
+        block = results["protocols"]["loco"][name]["ours"]["emotion"]
+        cm = np.array(block["confusion"], dtype=np.int64)
+        per_corpus[name] = {
+            "n": block["n"],
+            "uar": block["uar"],
+            "recall": {
+                n: None if np.isnan(r) else float(r)
+                for n, r in zip(labels, recalls(confusion=cm), strict=True)
+            },
+            "angry_auc": block["angry_auc"],
+            "confusion": block["confusion"],
+        }
+    return {
+        "source": "this run (emotion_engine.training.evaluate.evaluate_features, "
+        f"candidate {results['candidate']}, normalisation none)",
+        "per_corpus": per_corpus,
+        "uar_mean": float(np.mean([b["uar"] for b in per_corpus.values()])),
+        "angry_auc_mean": float(np.mean([b["angry_auc"] for b in per_corpus.values()])),
+    }
+
+
+def functionals_from_json(*, path: Path, corpora: Sequence[str]) -> dict[str, Any]:
+    """The functionals model's LOCO numbers from an ``evaluate`` JSON (no per-class recall
+    there beyond the confusion, which is converted)."""
+    results = json.loads(path.read_text())
+    labels = list(results["labels"])
+    per_corpus: dict[str, Any] = {}
+    for name in corpora:
+        block = results["protocols"]["loco"][name]["ours"]["emotion"]
+        cm = np.array(block["confusion"], dtype=np.int64)
+        per_corpus[name] = {
+            "n": block["n"],
+            "uar": block["uar"],
+            "recall": {
+                n: None if np.isnan(r) else float(r)
+                for n, r in zip(labels, recalls(confusion=cm), strict=True)
+            },
+            "angry_auc": block["angry_auc"],
+            "confusion": block["confusion"],
+        }
+    return {
+        "source": f"{path} (normalisation {results.get('normalisation')})",
+        "per_corpus": per_corpus,
+        "uar_mean": float(np.mean([b["uar"] for b in per_corpus.values()])),
+        "angry_auc_mean": float(np.mean([b["angry_auc"] for b in per_corpus.values()])),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# latency
+
+
+def _percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
+    ms = 1000.0 * np.asarray(seconds)
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+    }
+
+
+def _time_calls(fn: Any, *, repeats: int, warmup: int = 20) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return _percentiles_ms(times)
+
+
+def measure_latency(
+    *,
+    onnx_paths: dict[str, Path],
+    windows: NDArray[np.float32],
+    shipped_model_dir: Path | None,
+    repeats: int = 300,
+) -> dict[str, Any]:
+    """Per-call latency (p50/p99 ms, single thread) at batch 1 and 100.
+
+    Temporal: each ONNX graph of ``onnx_paths`` (name -> file) on real test windows (its
+    input is the LLD frames). Shipped: ``EmotionModel.predict`` on those windows'
+    functionals and, since a temporal net replaces the functionals step too,
+    ``compute_functionals`` + predict. ``windows``: (n, crop_frames, N_LLD).
+    """
+    from emotion_engine.features.functionals import compute_functionals
+
+    if windows.shape[0] == 0:
+        raise DatasetError("latency needs at least one window")
+    # a small test set (quick runs) repeats its windows up to the batch of 100
+    windows = windows[np.arange(max(100, windows.shape[0])) % windows.shape[0]]
+    out: dict[str, Any] = {"repeats": repeats, "threads": 1}
+    for name, path in onnx_paths.items():
+        session = onnx_session(path)
+        for batch in (1, 100):
+            x = np.ascontiguousarray(windows[:batch])
+            out[f"{name}_batch{batch}"] = _time_calls(
+                lambda s=session, x=x: s.run([OUTPUT_NAME], {INPUT_NAME: x}), repeats=repeats
+            )
+    if shipped_model_dir is None:
+        return out
+    from emotion_engine.model.runtime import EmotionModel
+
+    model = EmotionModel.load(shipped_model_dir)
+    for batch in (1, 100):
+        lld = np.ascontiguousarray(windows[:batch])
+        feats = compute_functionals(lld=lld)
+        out[f"functionals_onnx_batch{batch}"] = _time_calls(
+            lambda f=feats: model.predict(f), repeats=repeats
+        )
+        out[f"functionals_extract_plus_onnx_batch{batch}"] = _time_calls(
+            lambda w=lld: model.predict(compute_functionals(lld=w)), repeats=repeats
+        )
+    out["shipped_model"] = str(shipped_model_dir)
+    out["note"] = (
+        "windows of the temporal crop length "
+        f"({windows.shape[1]} frames) for every path; the engine's functionals windows "
+        "are 200 frames (the model cost does not depend on it, compute_functionals does)"
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# report
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown comparison: per held-out corpus UAR, angry AUC and per-class recall,
+    then the per-window latency."""
+    systems: dict[str, Any] = {
+        f"temporal {arch}": block for arch, block in report["temporal"].items()
+    }
+    systems["functionals (shipped recipe)"] = report["functionals"]
+    corpora = list(report["functionals"]["per_corpus"])
+    labels = report["labels"]
+    lines = [
+        "### Leave-one-corpus-out, 4-class (UAR % and angry-vs-rest AUC %, test audio "
+        f"G.711 mu-law; functionals from {report['functionals']['source']})",
+        "",
+        "| system | "
+        + " | ".join(f"UAR {c}" for c in corpora)
+        + " | UAR mean | "
+        + " | ".join(f"AUC {c}" for c in corpora)
+        + " | AUC mean |",
+        "|---|" + "---|" * (2 * len(corpora) + 2),
+    ]
+    for name, s in systems.items():
+        pc = s["per_corpus"]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_pct(pc[c]["uar"]) for c in corpora)
+            + f" | {_pct(s['uar_mean'])} | "
+            + " | ".join(_pct(pc[c]["angry_auc"]) for c in corpora)
+            + f" | {_pct(s['angry_auc_mean'])} |"
+        )
+    lines += [
+        "",
+        "### Per-class recall % (held-out corpus)",
+        "",
+        "| system | corpus | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
+    for name, s in systems.items():
+        for c in corpora:
+            rec = s["per_corpus"][c]["recall"]
+            lines.append(f"| {name} | {c} | " + " | ".join(_pct(rec[k]) for k in labels) + " |")
+    lat = report.get("latency") or {}
+    rows = [
+        (f"temporal_{arch}", f"temporal {arch} ONNX (input: LLD frames)")
+        for arch in report["temporal"]
+    ]
+    rows += [
+        ("functionals_onnx", "shipped emotion.onnx (input: functionals)"),
+        ("functionals_extract_plus_onnx", "shipped: compute_functionals + emotion.onnx"),
+    ]
+    lines += [
+        "",
+        f"### Per-call latency, single thread, ms ({lat.get('repeats')} calls each)",
+        "",
+        "| path | batch 1 p50 | batch 1 p99 | batch 100 p50 | batch 100 p99 |",
+        "|---|---|---|---|---|",
+    ]
+    for key, title in rows:
+        if f"{key}_batch1" not in lat:
+            continue
+        b1, b100 = lat[f"{key}_batch1"], lat[f"{key}_batch100"]
+        lines.append(
+            f"| {title} | {b1['p50_ms']:.3f} | {b1['p99_ms']:.3f} | "
+            f"{b100['p50_ms']:.3f} | {b100['p99_ms']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _config_block(config: TrainConfig, *, n_parameters: int) -> dict[str, Any]:
+    return {
+        "arch": config.arch,
+        "norm": config.norm,
+        "crop_frames": config.crop_frames,
+        "crop_s": config.crop_frames / 100.0,
+        "test_hop_frames": config.hop_frames,
+        "min_voiced_frames": config.min_voiced_frames,
+        "channels": config.channels,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "weight_decay": config.weight_decay,
+        "dropout": config.dropout,
+        "torch_threads": config.threads,
+        "parameters": n_parameters,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole comparison from parsed arguments; prints the table, writes ``args.out``."""
+    th = require_torch()
+    started = time.monotonic()
+    unknown = sorted(set(args.arch) - set(ARCHITECTURES))
+    if unknown or not args.arch:
+        raise ConfigError(f"--arch takes names from {ARCHITECTURES}, got {args.arch}")
+    configs = [
+        TrainConfig(
+            arch=arch,
+            norm=args.norm,
+            crop_frames=args.crop_frames,
+            hop_frames=args.hop_frames,
+            channels=args.channels or DEFAULT_CHANNELS[arch],
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            seed=args.seed,
+            threads=args.threads,
+        )
+        for arch in args.arch
+    ]
+    dataset = load_dataset(
+        Path(args.data), corpora=args.corpora, limit_per_corpus=args.limit_per_corpus, seed=0
+    )
+    progress = not args.no_progress
+    # the temporal net has no arousal head: clips without an emotion label (BAVED) are
+    # not needed; the functionals recipe below still gets the full dataset, as in evaluate
+    emo = dataset.subset(np.flatnonzero(dataset.y != NO_LABEL))
+    test_seqs = lld_sequences(clips=emo.clips, condition="test", progress=progress)
+    train_seqs = lld_sequences(
+        clips=emo.clips, condition="train", seed=args.seed, progress=progress
+    )
+    work_dir = Path(args.work_dir)
+    temporal: dict[str, Any] = {}
+    for config in configs:
+        block = evaluate_temporal(
+            dataset=emo,
+            test_seqs=test_seqs,
+            train_seqs=train_seqs,
+            config=config,
+            work_dir=work_dir,
+            progress=progress,
+        )
+        n_parameters = sum(
+            int(p.numel())
+            for p in build_net(
+                config=config,
+                mean=np.zeros(N_LLD, dtype=np.float32),
+                std=np.ones(N_LLD, dtype=np.float32),
+            ).parameters()
+        )
+        temporal[config.arch] = {
+            "config": _config_block(config, n_parameters=n_parameters),
+            **block,
+        }
+    corpora = list(next(iter(temporal.values()))["per_corpus"])
+    if args.functionals_json is not None:
+        functionals = functionals_from_json(path=Path(args.functionals_json), corpora=corpora)
+    else:
+        functionals = functionals_loco(
+            dataset=dataset, seed=args.seed, corpora=corpora, progress=progress
+        )
+    # latency on real mu-law windows of the last held-out corpus, through the graphs
+    # exported for that split
+    last = corpora[-1]
+    windows, _ = eval_windows(
+        seqs=test_seqs,
+        rows=np.flatnonzero(emo.corpus == last).astype(np.int64),
+        crop_frames=args.crop_frames,
+        hop_frames=args.hop_frames,
+        min_voiced_frames=configs[0].min_voiced_frames,
+    )
+    latency = measure_latency(
+        onnx_paths={
+            f"temporal_{c.arch}": work_dir / f"temporal-{c.arch}-without-{last}.onnx"
+            for c in configs
+        },
+        windows=windows,
+        shipped_model_dir=None if args.no_shipped_latency else Path(args.shipped_model),
+    )
+    report: dict[str, Any] = {
+        "command": "python -m emotion_engine.training.temporal " + shlex.join(sys.argv[1:]),
+        "labels": list(dataset.labels),
+        "seed": args.seed,
+        "protocol": "leave-one-corpus-out over the corpora whose labels cover all four "
+        "classes; train on the other corpora's labelled clips (calm counted as neutral)",
+        "recipe": {
+            "architectures": build_net.__doc__,
+            "loss": "cross-entropy, inverse class-frequency weights",
+            "optimiser": "AdamW, one-cycle learning-rate schedule, fixed epochs "
+            "(no early stopping, the held-out corpus is only scored)",
+            "training_audio": "each clip twice: G.711 mu-law and seeded telephony augmentation; "
+            "one speech-gated random crop per clip and epoch",
+            "test_audio": "G.711 mu-law; windows every test_hop_frames, speech-gated, "
+            "probabilities averaged per clip",
+            "onnx_opset": ONNX_OPSET,
+            "torch": str(th.__version__),
+        },
+        "metrics_from": "onnxruntime on each split's exported graph",
+        "temporal": temporal,
+        "functionals": functionals,
+        "difference_vs_functionals": {
+            arch: {
+                "uar_mean": block["uar_mean"] - functionals["uar_mean"],
+                "angry_auc_mean": block["angry_auc_mean"] - functionals["angry_auc_mean"],
+            }
+            for arch, block in temporal.items()
+        },
+        "latency": latency,
+        "data": {"root": str(args.data), "corpora": emo.summary()},
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+    table = format_table(report)
+    print(table)
+    if args.out is not None:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report["table_markdown"] = table
+        out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        log.info("wrote %s", out)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m emotion_engine.training.temporal``."""
+    d = TrainConfig()
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="corpora folder, e.g. ../shared/data",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="write every number here (e.g. models/temporal.json)",
+    )
+    parser.add_argument(
+        "--arch",
+        type=lambda s: [a for a in s.split(",") if a],
+        default=[d.arch],
+        metavar="A,B",
+        help=f"networks to train and compare, from {', '.join(ARCHITECTURES)} (default {d.arch})",
+    )
+    parser.add_argument(
+        "--norm",
+        choices=NORMS,
+        default=d.norm,
+        help="input standardisation: training-frame statistics (global) or per window",
+    )
+    parser.add_argument(
+        "--crop-frames",
+        type=int,
+        default=d.crop_frames,
+        help=f"window length in 10 ms frames (default {d.crop_frames})",
+    )
+    parser.add_argument(
+        "--hop-frames",
+        type=int,
+        default=d.hop_frames,
+        help=f"test window hop in frames (default {d.hop_frames}, the engine's)",
+    )
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=None,
+        help=f"hidden width (default per network: {DEFAULT_CHANNELS})",
+    )
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate")
+    parser.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
+    parser.add_argument(
+        "--threads", type=int, default=d.threads, choices=(1, 2), help="torch threads"
+    )
+    parser.add_argument(
+        "--corpora",
+        type=lambda s: [c for c in s.split(",") if c],
+        default=None,
+        metavar="A,B",
+        help="only these corpus subfolders",
+    )
+    parser.add_argument("--limit-per-corpus", type=int, default=None, metavar="N")
+    parser.add_argument(
+        "--functionals-json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="take the functionals model's numbers from this evaluate JSON "
+        "(e.g. models/evaluation.json) instead of re-running its LOCO here",
+    )
+    parser.add_argument(
+        "--shipped-model",
+        type=Path,
+        default=Path("models"),
+        metavar="DIR",
+        help="shipped model for the latency comparison (default models)",
+    )
+    parser.add_argument("--no-shipped-latency", action="store_true")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(".cache/temporal"),
+        metavar="DIR",
+        help="exported per-split ONNX graphs go here (default .cache/temporal)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    from emotion_engine.training._entry import run_module
+
+    run_module(
+        prog="python -m emotion_engine.training.temporal",
+        doc=__doc__,
+        add_arguments=add_arguments,
+        main=main,
+    )

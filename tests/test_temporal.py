@@ -1,0 +1,234 @@
+"""The temporal (LLD-sequence) model: windows and averaging in numpy, one tiny torch run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from emotion_engine.errors import ConfigError, EngineError
+from emotion_engine.features.functionals import voiced_ratio
+from emotion_engine.features.lld import LLD_INDEX
+from emotion_engine.training.data import Clip
+from emotion_engine.training.featurize import degrade
+from emotion_engine.training.temporal import (
+    N_LLD,
+    LldSequences,
+    TorchMissingError,
+    TrainConfig,
+    TrainSet,
+    average_windows,
+    class_weights,
+    clip_lld,
+    clip_windows,
+    crop,
+    eval_windows,
+    lld_sequences,
+    require_torch,
+    voiced_counts,
+    voiced_frames,
+    window_starts,
+)
+
+RATE = 8000
+RAMP = LLD_INDEX["rms_db"]  # a column the helpers below leave as the frame index
+
+
+def _tone(seconds: float, *, hz: float = 150.0, seed: int = 0) -> NDArray[np.float32]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = 0.3 * np.sin(2 * np.pi * hz * t) + 0.01 * rng.standard_normal(t.size)
+    return x.astype(np.float32)
+
+
+def _lld_with_voicing(voiced: NDArray[np.bool_]) -> NDArray[np.float32]:
+    """(n, N_LLD) frames whose voiced flags are ``voiced`` and other columns the frame index."""
+    n = voiced.size
+    lld = np.tile(np.arange(n, dtype=np.float32)[:, None], (1, N_LLD))
+    lld[:, LLD_INDEX["voiced"]] = voiced
+    lld[:, LLD_INDEX["f0_hz"]] = np.where(voiced, 120.0, 0.0)
+    return lld
+
+
+def test_clip_lld_shapes() -> None:
+    lld = clip_lld(samples=_tone(1.0))
+    assert lld.shape == (1 + (RATE - 200) // 80, N_LLD)
+    assert lld.dtype == np.float32
+    assert clip_lld(samples=np.zeros(100, dtype=np.float32)).shape == (0, N_LLD)
+    with pytest.raises(ConfigError):
+        clip_lld(samples=np.zeros((2, 400), dtype=np.float32))
+
+
+def test_voiced_frames_follow_the_engine_gate() -> None:
+    lld = clip_lld(samples=np.concatenate([_tone(0.5), np.zeros(4000, dtype=np.float32)]))
+    flags = voiced_frames(lld=lld)
+    assert flags[:20].all() and not flags[-20:].any()
+    assert flags.mean() == pytest.approx(float(voiced_ratio(lld=lld)))
+
+
+def test_crop_slices_and_wrap_pads() -> None:
+    lld = _lld_with_voicing(np.ones(10, dtype=bool))
+    np.testing.assert_array_equal(crop(lld=lld, start=3, crop_frames=4), lld[3:7])
+    padded = crop(lld=lld[:3], start=0, crop_frames=7)
+    np.testing.assert_array_equal(padded[:, RAMP], [0, 1, 2, 0, 1, 2, 0])
+    assert crop(lld=lld[:0], start=0, crop_frames=5).shape == (5, N_LLD)
+    with pytest.raises(ConfigError):
+        crop(lld=lld, start=7, crop_frames=4)
+
+
+def test_window_starts_cover_the_clip_end() -> None:
+    np.testing.assert_array_equal(
+        window_starts(n_frames=260, crop_frames=100, hop_frames=50), [0, 50, 100, 150, 160]
+    )
+    np.testing.assert_array_equal(
+        window_starts(n_frames=200, crop_frames=100, hop_frames=50), [0, 50, 100]
+    )
+    np.testing.assert_array_equal(window_starts(n_frames=60, crop_frames=100, hop_frames=50), [0])
+
+
+def test_voiced_counts_match_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    voiced = rng.random(57) < 0.4
+    counts = voiced_counts(voiced=voiced, crop_frames=10)
+    expected = [int(voiced[s : s + 10].sum()) for s in range(57 - 10 + 1)]
+    np.testing.assert_array_equal(counts, expected)
+    np.testing.assert_array_equal(
+        voiced_counts(voiced=voiced[:5], crop_frames=10), [voiced[:5].sum()]
+    )
+
+
+def test_clip_windows_drop_unvoiced_windows() -> None:
+    voiced = np.zeros(300, dtype=bool)
+    voiced[200:260] = True  # speech only near the end
+    lld = _lld_with_voicing(voiced)
+    windows = clip_windows(lld=lld, crop_frames=100, hop_frames=50, min_voiced_frames=20)
+    # starts 0, 50, 100, 150, 200: the first three end before the speech
+    np.testing.assert_array_equal(windows[:, 0, RAMP], [150, 200])
+    silent = _lld_with_voicing(np.zeros(300, dtype=bool))
+    assert clip_windows(lld=silent, crop_frames=100, hop_frames=50, min_voiced_frames=20).shape == (
+        1,
+        100,
+        N_LLD,
+    )
+
+
+def test_eval_windows_and_average() -> None:
+    seqs = LldSequences.from_list(
+        [_lld_with_voicing(np.ones(n, dtype=bool)) for n in (80, 250, 120)]
+    )
+    windows, owner = eval_windows(
+        seqs=seqs, rows=np.array([1, 2]), crop_frames=100, hop_frames=50, min_voiced_frames=20
+    )
+    np.testing.assert_array_equal(owner, [0, 0, 0, 0, 1, 1])
+    assert windows.shape == (6, 100, N_LLD)
+    p = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.5, 0.5], [0.2, 0.8], [0.4, 0.6]])
+    mean = average_windows(probabilities=p, clip_index=owner, n_clips=2)
+    np.testing.assert_allclose(mean, [[0.5, 0.5], [0.3, 0.7]])
+    with pytest.raises(ConfigError):
+        average_windows(probabilities=p, clip_index=owner, n_clips=3)
+
+
+def test_class_weights_balance_the_loss() -> None:
+    y = np.array([0, 0, 0, 1, 2, 3])
+    w = class_weights(y=y, n_classes=4)
+    totals = np.bincount(y, weights=w[y], minlength=4)
+    np.testing.assert_allclose(totals, totals[0])
+    assert float(np.mean(w[y])) == pytest.approx(1.0)
+
+
+def test_lld_sequences_are_cached(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    clips = []
+    for k in range(2):
+        path = tmp_path / f"clip{k}.wav"
+        sf.write(path, _tone(0.6 + 0.2 * k, seed=k), RATE, subtype="PCM_16")
+        clips.append(Clip(path, "synth", f"synth_{k}", "angry", 3, 2))
+    cache = tmp_path / "cache"
+    seqs = lld_sequences(clips=clips, condition="test", cache_dir=cache, progress=False)
+    assert len(seqs) == 2
+    from emotion_engine.training.data import read_clip
+
+    expected = clip_lld(samples=degrade(samples=read_clip(clips[1].path), condition="test"))
+    np.testing.assert_array_equal(seqs.clip(1), expected)
+    assert len(list(cache.glob("lldseq-test-*.npz"))) == 1
+    again = lld_sequences(clips=clips, condition="test", cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(again.frames, seqs.frames)
+
+
+def test_missing_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    with pytest.raises(TorchMissingError, match=r"\.\[temporal\]") as info:
+        require_torch()
+    assert isinstance(info.value, EngineError)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "gru"])
+def test_tiny_training_exports_matching_onnx(arch: str, tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="torch not installed (pip install -e '.[temporal]')")
+    from emotion_engine.training.temporal import (
+        export_onnx,
+        onnx_probabilities,
+        onnx_session,
+        torch_probabilities,
+        train_net,
+    )
+
+    rng = np.random.default_rng(0)
+    seqs = []
+    y = np.arange(16) % 4
+    for label in y:
+        lld = rng.standard_normal((int(rng.integers(15, 40)), N_LLD)).astype(np.float32)
+        lld[:, 5] += label  # a learnable per-class offset
+        lld[:, LLD_INDEX["voiced"]] = 1.0
+        lld[:, LLD_INDEX["f0_hz"]] = 100.0
+        seqs.append(lld)
+    data = LldSequences.from_list(seqs)
+    config = TrainConfig(arch=arch, crop_frames=20, channels=8, epochs=2, batch_size=8)
+    net = train_net(
+        train_set=TrainSet(sources=(data,), rows=np.arange(16), y=y), config=config, progress=False
+    )
+    path = tmp_path / "tiny.onnx"
+    export_onnx(net=net, path=path, crop_frames=20)
+    windows, _ = eval_windows(
+        seqs=data, rows=np.arange(16), crop_frames=20, hop_frames=10, min_voiced_frames=5
+    )
+    p_onnx = onnx_probabilities(session=onnx_session(path), windows=windows, batch_size=7)
+    p_torch = torch_probabilities(net=net, windows=windows)
+    assert p_onnx.shape == (windows.shape[0], 4)
+    np.testing.assert_allclose(p_onnx, p_torch, atol=1e-5)
+    np.testing.assert_allclose(p_onnx.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_format_table_lists_every_system() -> None:
+    from emotion_engine.training.temporal import format_table
+
+    labels = ["neutral", "happy", "sad", "angry"]
+
+    def block(u: float) -> dict[str, object]:
+        per = {"uar": u, "angry_auc": 0.8, "recall": dict.fromkeys(labels, 0.5)}
+        return {"per_corpus": {"a": per, "b": per}, "uar_mean": u, "angry_auc_mean": 0.8}
+
+    timing = {"p50_ms": 0.1, "p99_ms": 0.2}
+    report = {
+        "labels": labels,
+        "temporal": {"cnn": block(0.41), "gru": block(0.42)},
+        "functionals": {**block(0.45), "source": "test"},
+        "latency": {
+            "repeats": 3,
+            **{
+                f"{k}_batch{b}": timing
+                for k in ("temporal_cnn", "functionals_onnx")
+                for b in (1, 100)
+            },
+        },
+    }
+    table = format_table(report)
+    assert "| temporal cnn | 41.0 | 41.0 | 41.0 |" in table
+    assert "| temporal gru | 42.0 |" in table
+    assert "| functionals (shipped recipe) | 45.0 |" in table
+    assert "| temporal cnn ONNX (input: LLD frames) | 0.100 | 0.200 |" in table
+    assert "temporal gru ONNX" not in table  # no latency measured for it here
