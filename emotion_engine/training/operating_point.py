@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from emotion_engine.config import DEFAULT_ENGINE_PARAMS, DetectorParams
+from emotion_engine.config import DEFAULT_ENGINE_PARAMS, DetectorParams, engine_params_with_detector
 from emotion_engine.detect.spike import SpikeDetector
 from emotion_engine.engine.pipeline import Engine
 from emotion_engine.errors import DatasetError
@@ -95,22 +95,37 @@ each corpus gives 8-24 anger calls and as many calm ones."""
 
 @dataclass(frozen=True, slots=True)
 class GridPoint:
-    """One detector setting of the sweep (the other fields stay at their defaults;
-    ``off_threshold`` and ``early_on_threshold`` keep their default offsets from
-    ``on_threshold``: -0.20 and +0.15)."""
+    """One detector setting of the sweep; the other fields stay at their defaults.
+
+    ``off_threshold`` and ``early_on_threshold`` follow ``on_threshold`` (-0.20 and +0.15,
+    the offsets of the original defaults) unless given."""
 
     on_threshold: float
     on_margin: float
     smoothing_windows: int
     min_duration_s: float
+    off_threshold: float | None = None
+    early_on_threshold: float | None = None
+
+    @property
+    def off(self) -> float:
+        if self.off_threshold is not None:
+            return self.off_threshold
+        return round(max(0.0, self.on_threshold - 0.20), 4)
+
+    @property
+    def early(self) -> float:
+        if self.early_on_threshold is not None:
+            return self.early_on_threshold
+        return round(min(1.0, self.on_threshold + 0.15), 4)
 
     def params(self, base: DetectorParams = DEFAULT_ENGINE_PARAMS.detector) -> DetectorParams:
         return dataclasses.replace(
             base,
             on_threshold=self.on_threshold,
             on_margin=self.on_margin,
-            off_threshold=round(max(0.0, self.on_threshold - 0.20), 4),
-            early_on_threshold=round(min(1.0, self.on_threshold + 0.15), 4),
+            off_threshold=self.off,
+            early_on_threshold=self.early,
             smoothing_windows=self.smoothing_windows,
             min_duration_s=self.min_duration_s,
         )
@@ -119,24 +134,39 @@ class GridPoint:
         return (
             f"on={self.on_threshold:.2f} margin={self.on_margin:.2f} "
             f"smooth={self.smoothing_windows} min={self.min_duration_s:g}s"
+            + ("" if self.off_threshold is None else f" off={self.off_threshold:.2f}")
+            + ("" if self.early_on_threshold is None else f" early={self.early_on_threshold:.2f}")
         )
 
 
-def default_grid() -> list[GridPoint]:
-    """13 thresholds x 5 margins x 3 smoothings x 2 minimum durations (390 points);
-    the shipped defaults are one of them."""
+def default_grid(extra: Sequence[GridPoint] = ()) -> list[GridPoint]:
+    """13 thresholds x 5 margins x 3 smoothings x 2 minimum durations (390 points), then
+    the shipped defaults and ``extra`` where they are not among them."""
     ons = [round(0.30 + 0.05 * i, 2) for i in range(13)]
-    return [
+    grid = [
         GridPoint(on, margin, smooth, min_s)
         for on, margin, smooth, min_s in product(
             ons, (0.0, 0.1, 0.2, 0.3, 0.4), (1, 2, 3), (0.5, 1.0)
         )
     ]
+    for point in (grid_point_of(DEFAULT_ENGINE_PARAMS.detector), *extra):
+        if point not in grid:
+            grid.append(point)
+    return grid
 
 
 def grid_point_of(params: DetectorParams) -> GridPoint:
-    return GridPoint(
+    """``params`` as a grid point: off/early thresholds explicit only where they differ
+    from the derived ones (so the original defaults map onto the plain grid)."""
+    plain = GridPoint(
         params.on_threshold, params.on_margin, params.smoothing_windows, params.min_duration_s
+    )
+    return dataclasses.replace(
+        plain,
+        off_threshold=None if params.off_threshold == plain.off else params.off_threshold,
+        early_on_threshold=(
+            None if params.early_on_threshold == plain.early else params.early_on_threshold
+        ),
     )
 
 
@@ -596,6 +626,7 @@ def run(
         "calibration": calibration,
         "fa_budget_per_hour": fa_budget,
         "grid_points": len(grid),
+        "grid": [dataclasses.asdict(p) for p in grid],
         "defaults": {"key": grid_point_of(DEFAULT_ENGINE_PARAMS.detector).key()},
     }
     result["sweep"] = sweep(held_out, grid, progress=progress)
@@ -635,6 +666,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="more detector settings to sweep besides the grid, one per argument, as "
+        "serve --detector takes them (e.g. on_threshold=0.7,smoothing_windows=1,"
+        "off_threshold=0.4)",
+    )
+    parser.add_argument(
         "--replot",
         type=Path,
         metavar="JSON",
@@ -642,15 +682,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    extra = [grid_point_of(engine_params_with_detector(e).detector) for e in args.extra]
     if args.replot is not None:
         result = json.loads(args.replot.read_text())
         result["fa_budget_per_hour"] = args.fa_budget
-        result.update(choose_points(result, grid=default_grid()))
+        grid = [GridPoint(**p) for p in result["grid"]] if "grid" in result else default_grid(extra)
+        current = grid_point_of(DEFAULT_ENGINE_PARAMS.detector).key()
+        if current in result["sweep"]["raw"][result["corpora"][0]]:
+            result["defaults"] = {"key": current}  # else: keep the defaults of that run
+        result.update(choose_points(result, grid=grid))
     else:
         result = run(
             data_dir=args.data,
             seed=args.seed,
             fa_budget=args.fa_budget,
+            grid=default_grid(extra),
             progress=not args.no_progress,
         )
         result["command"] = "python -m emotion_engine.training.operating_point " + " ".join(
