@@ -142,6 +142,30 @@ class CallSummary:
         return asdict(self)
 
 
+def _recent_means(
+    recent: deque[tuple[NDArray[np.float64], float]],
+) -> tuple[NDArray[np.float64], float]:
+    """Mean probability vector (n_labels,) and mean arousal of the recent windows.
+
+    The same numbers as ``np.mean`` over the stacked rows and over the arousals: rows
+    are added in order, then divided; numpy adds fewer than 8 scalars in order too,
+    longer runs pairwise (then numpy does it). Two ``np.mean`` calls on Python lists
+    were ~40 % of the tracker's time per window.
+    """
+    if len(recent) >= 8:
+        return (
+            np.mean([r[0] for r in recent], axis=0),
+            float(np.mean([r[1] for r in recent])),
+        )
+    total_p: NDArray[np.float64] | None = None
+    total_a = 0.0
+    for p, a in recent:
+        total_p = p.copy() if total_p is None else total_p + p
+        total_a += a
+    assert total_p is not None
+    return total_p / len(recent), total_a / len(recent)
+
+
 class CallSummarizer:
     """Accumulates one party's windows; :meth:`summarize` at the end of the call.
 
@@ -203,8 +227,7 @@ class CallSummarizer:
         self._end.append((scores.t, p, scores.arousal))
 
         self._recent.append((p, scores.arousal))
-        p_s = np.mean([r[0] for r in self._recent], axis=0)
-        a_s = float(np.mean([r[1] for r in self._recent]))
+        p_s, a_s = _recent_means(self._recent)
         v_s = float(self._weights @ p_s)
         if self._peak is None or v_s < self._peak.valence:
             i = int(self._negative[np.argmax(p_s[self._negative])])

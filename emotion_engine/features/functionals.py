@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from emotion_engine.config import DEFAULT_FEATURE_PARAMS, FeatureParams
 from emotion_engine.errors import AudioError
+from emotion_engine.features import _kernels
 from emotion_engine.features.lld import LLD_INDEX, LLD_NAMES, N_MFCC
 
 F0_REFERENCE_HZ = 27.5
@@ -84,6 +85,27 @@ _PROSODY_COLS = np.array(
 )  # (2, 3 + n_percentiles): mean, std, percentiles, range
 _MEAN_COLS = np.array([_OUT_INDEX[f"{name}_mean"] for name in _MEAN_STD_VOICED])
 _STD_COLS = np.array([_OUT_INDEX[f"{name}_std"] for name in _MEAN_STD_VOICED])
+_MEAN_STD_LLD_COLS = np.array([LLD_INDEX[name] for name in _MEAN_STD_VOICED])
+_LLD_COLS = np.array(
+    [LLD_INDEX[name] for name in ("voiced", "f0_hz", "loudness", "peak_amplitude", "rms_db")]
+)
+_OTHER_COLS = np.array(
+    [
+        _OUT_INDEX[name]
+        for name in (
+            "jitter_local",
+            "shimmer_db",
+            "f0_delta_semitone_abs_mean",
+            "voiced_ratio",
+            "loudness_all_mean",
+            "rms_db_all_mean",
+            "loudness_delta_std",
+            "voiced_segments_per_s",
+            "voiced_segment_mean_s",
+        )
+    ]
+)
+_PERCENTILES = np.asarray(PERCENTILES, dtype=np.float64)
 
 
 def voiced_ratio(*, lld: NDArray[np.floating]) -> NDArray[np.float32]:
@@ -117,66 +139,20 @@ def compute_functionals(
     if not np.isfinite(x).all():  # one check; nan_to_num alone is six numpy calls
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
-    voiced = x[:, :, LLD_INDEX["voiced"]] > 0.5
-    f0 = x[:, :, LLD_INDEX["f0_hz"]]
-    voiced &= f0 > 0  # a voiced frame without F0 would give log(0)
-    count = voiced.sum(axis=1)  # (b,)
-    weight = voiced.astype(np.float32)
-    denom = np.maximum(count, 1).astype(np.float32)
-
-    semitone = np.where(voiced, 12.0 * np.log2(np.maximum(f0, 1e-3) / F0_REFERENCE_HZ), 0.0)
-    loudness = x[:, :, LLD_INDEX["loudness"]]
-    # both prosody contours in one batch: rows [0, b) semitones, [b, 2b) loudness
-    contours = np.concatenate([semitone, loudness]).astype(np.float32, copy=False)
-    mask2 = np.concatenate([voiced, voiced])
-    mean, std = _masked_mean_std(
-        contours, np.concatenate([weight, weight]), np.concatenate([denom, denom])
-    )
-    pct = _masked_percentiles(contours, mask2, np.concatenate([count, count]), PERCENTILES)
-    stats = np.concatenate(
-        [mean[:, None], std[:, None], pct, (pct[:, -1] - pct[:, 0])[:, None]], axis=1
-    )  # (2b, 3 + n_percentiles)
-    for i, cols in enumerate(_PROSODY_COLS):
-        out[:, cols] = stats[i * n_windows : (i + 1) * n_windows]
-
-    cols = [LLD_INDEX[name] for name in _MEAN_STD_VOICED]
-    values = x[:, :, cols]  # (b, t, k)
-    mean = np.einsum("btk,bt->bk", values, weight) / denom[:, None]
-    dev = (values - mean[:, None, :]) * weight[:, :, None]
-    out[:, _MEAN_COLS] = mean
-    out[:, _STD_COLS] = np.sqrt(np.einsum("btk,btk->bk", dev, dev) / denom[:, None])
-
-    period = np.where(voiced, 1.0 / np.maximum(f0, 1e-3), 0.0)
-    ratio = np.maximum(period[:, 1:], 1e-12) / np.maximum(period[:, :-1], 1e-12)
-    pair = voiced[:, 1:] & voiced[:, :-1]  # (b, t-1)
-    pair &= (ratio <= MAX_PERIOD_FACTOR) & (ratio >= 1.0 / MAX_PERIOD_FACTOR)
-    n_pairs = pair.sum(axis=1)
-    pair_denom = np.maximum(n_pairs, 1).astype(np.float32)
-    period_diff = np.where(pair, np.abs(period[:, 1:] - period[:, :-1]), 0.0).sum(axis=1)
-    period_mean = np.where(pair, 0.5 * (period[:, 1:] + period[:, :-1]), 0.0).sum(axis=1)
-    out[:, _OUT_INDEX["jitter_local"]] = np.where(
-        n_pairs > 0, period_diff / np.maximum(period_mean, 1e-12), 0.0
-    )
-    peak = np.maximum(x[:, :, LLD_INDEX["peak_amplitude"]], 1e-6)
-    amp_step = np.abs(20.0 * np.log10(peak[:, 1:] / peak[:, :-1]))
-    out[:, _OUT_INDEX["shimmer_db"]] = np.where(pair, amp_step, 0.0).sum(axis=1) / pair_denom
-    st_step = np.abs(semitone[:, 1:] - semitone[:, :-1])
-    out[:, _OUT_INDEX["f0_delta_semitone_abs_mean"]] = (
-        np.where(pair, st_step, 0.0).sum(axis=1) / pair_denom
-    )
-
-    seconds = n_frames * params.hop_length / params.sample_rate_hz
-    onsets = voiced[:, 0].astype(np.int64) + (voiced[:, 1:] & ~voiced[:, :-1]).sum(axis=1)
-    out[:, _OUT_INDEX["voiced_ratio"]] = count / n_frames
-    out[:, _OUT_INDEX["loudness_all_mean"]] = loudness.mean(axis=1)
-    out[:, _OUT_INDEX["rms_db_all_mean"]] = x[:, :, LLD_INDEX["rms_db"]].mean(axis=1)
-    if n_frames > 1:
-        out[:, _OUT_INDEX["loudness_delta_std"]] = np.diff(loudness, axis=1).std(axis=1)
-    out[:, _OUT_INDEX["voiced_segments_per_s"]] = onsets / seconds
-    out[:, _OUT_INDEX["voiced_segment_mean_s"]] = np.where(
-        onsets > 0,
-        count * (params.hop_length / params.sample_rate_hz) / np.maximum(onsets, 1),
-        0.0,
+    _kernels.window_functionals(
+        np.ascontiguousarray(x),
+        _LLD_COLS,
+        _MEAN_STD_LLD_COLS,
+        _PERCENTILES,
+        _PROSODY_COLS,
+        _MEAN_COLS,
+        _STD_COLS,
+        _OTHER_COLS,
+        F0_REFERENCE_HZ,
+        MAX_PERIOD_FACTOR,
+        params.hop_length / params.sample_rate_hz,
+        n_frames * params.hop_length / params.sample_rate_hz,
+        out,
     )
     return out.reshape(*lead, len(FUNCTIONAL_NAMES))
 
@@ -186,35 +162,3 @@ def _check(lld: NDArray[np.floating]) -> NDArray[np.floating]:
     if x.ndim < 2 or x.shape[-1] != len(LLD_NAMES):
         raise AudioError(f"lld must have shape (..., n_frames, {len(LLD_NAMES)}), got {x.shape}")
     return x
-
-
-def _masked_mean_std(
-    values: NDArray[np.floating], weight: NDArray[np.float32], denom: NDArray[np.float32]
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Mean and population std over weight==1 entries: (b, t) -> (b,), (b,)."""
-    mean = (values * weight).sum(axis=1) / denom
-    dev = (values - mean[:, None]) * weight
-    return mean.astype(np.float32), np.sqrt((dev * dev).sum(axis=1) / denom).astype(np.float32)
-
-
-def _masked_percentiles(
-    values: NDArray[np.floating],
-    mask: NDArray[np.bool_],
-    count: NDArray[np.integer],
-    percentiles: tuple[int, ...],
-) -> NDArray[np.float32]:
-    """``np.percentile`` (linear) over each row's masked entries: (b, t) -> (b, n_pct).
-
-    Masked-out entries sort to the end as +inf, so the k-th smallest kept value is
-    at index k; rows without kept entries give 0.
-    """
-    ordered = np.sort(np.where(mask, values, np.inf), axis=1)
-    ordered[np.isinf(ordered)] = 0.0  # only ever read for rows without kept entries
-    last = np.maximum(count - 1, 0).astype(np.float64)[:, None]  # (b, 1)
-    pos = last * (np.asarray(percentiles, dtype=np.float64) / 100.0)  # (b, n_pct)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, last.astype(np.int64))
-    v_lo = np.take_along_axis(ordered, lo, axis=1)
-    v_hi = np.take_along_axis(ordered, hi, axis=1)
-    value = v_lo + (v_hi - v_lo) * (pos - lo)
-    return np.where(count[:, None] > 0, value, 0.0).astype(np.float32)

@@ -52,6 +52,7 @@ from numpy.typing import NDArray
 
 from emotion_engine.config import DEFAULT_FEATURE_PARAMS, FeatureParams
 from emotion_engine.errors import AudioError, ConfigError
+from emotion_engine.features import _kernels
 
 N_MFCC = 13
 
@@ -95,13 +96,16 @@ class _Tables:
     inv_overlap: NDArray[np.float32]  # (tau_max + 2,) 1 / (frame_length - lag)
     window: NDArray[np.float32]  # (frame_length,)
     freqs_hz: NDArray[np.float32]  # (n_bins,)
-    mel_fb: NDArray[np.float32]  # (n_mels, n_bins)
-    dct: NDArray[np.float32]  # (n_mfcc, n_mels)
+    dct_t: NDArray[np.float32]  # (n_mels, n_mfcc) DCT-II, transposed
     slope_weights: NDArray[np.float32]  # (n_bins,) least-squares slope per kHz
-    alpha_low: NDArray[np.float32]  # (n_bins,) 0/1 band mask
-    alpha_high: NDArray[np.float32]
-    hamm_low: slice  # bins 0..2 kHz: a slice, so no copy (the bins are in order)
-    hamm_high: slice  # bins above 2 kHz up to 5 kHz or Nyquist
+    # bands as (first, stop) bin ranges (the bins are in frequency order)
+    alpha_low: tuple[int, int]  # 50 Hz .. 1 kHz
+    alpha_high: tuple[int, int]  # 1 kHz .. 5 kHz or Nyquist
+    hamm_low: tuple[int, int]  # 0 .. 2 kHz
+    hamm_high: tuple[int, int]  # above 2 kHz up to 5 kHz or Nyquist
+    # the mel filterbank stored sparsely: band b weighs bins mel_start[b] + (0 .. width)
+    mel_start: NDArray[np.int64]  # (n_mels,)
+    mel_weights: NDArray[np.float32]  # (width, n_mels), zeros outside the band
 
 
 @lru_cache(maxsize=8)
@@ -154,6 +158,8 @@ def _tables(params: FeatureParams) -> _Tables:
     slope_weights = centred / np.sum(centred[fit] ** 2)
 
     nyq = sr / 2.0
+    top = min(5000.0, nyq)
+    mel_start, mel_weights = _sparse_bands(np.asarray(mel_fb, dtype=np.float32))
     return _Tables(
         tau_min=tau_min,
         tau_max=tau_max,
@@ -163,17 +169,40 @@ def _tables(params: FeatureParams) -> _Tables:
         inv_overlap=(1.0 / (n - lags)).astype(np.float32),
         window=window.astype(np.float32),
         freqs_hz=freqs.astype(np.float32),
-        mel_fb=np.ascontiguousarray(mel_fb, dtype=np.float32),
-        dct=np.ascontiguousarray(dct, dtype=np.float32),
+        dct_t=np.ascontiguousarray(dct.T, dtype=np.float32),
         slope_weights=slope_weights.astype(np.float32),
-        alpha_low=((freqs >= 50.0) & (freqs < 1000.0)).astype(np.float32),
-        alpha_high=((freqs >= 1000.0) & (freqs <= min(5000.0, nyq))).astype(np.float32),
-        hamm_low=slice(0, int(np.searchsorted(freqs, 2000.0, side="right"))),
-        hamm_high=slice(
-            int(np.searchsorted(freqs, 2000.0, side="right")),
-            int(np.searchsorted(freqs, min(5000.0, nyq), side="right")),
-        ),
+        alpha_low=_bin_range(freqs, (freqs >= 50.0) & (freqs < 1000.0)),
+        alpha_high=_bin_range(freqs, (freqs >= 1000.0) & (freqs <= top)),
+        hamm_low=_bin_range(freqs, freqs <= 2000.0),
+        hamm_high=_bin_range(freqs, (freqs > 2000.0) & (freqs <= top)),
+        mel_start=mel_start,
+        mel_weights=mel_weights,
     )
+
+
+def _bin_range(freqs: NDArray[np.floating], mask: NDArray[np.bool_]) -> tuple[int, int]:
+    """(first, stop) of the bins where ``mask`` (n_bins,) holds; they must be contiguous."""
+    (bins,) = np.nonzero(mask)
+    if bins.size == 0 or bins[-1] - bins[0] + 1 != bins.size:
+        raise ConfigError(f"empty or split frequency band at n_bins={freqs.size}")
+    return int(bins[0]), int(bins[-1]) + 1
+
+
+def _sparse_bands(
+    fb: NDArray[np.float32],
+) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """(n_bands, n_bins) filterbank -> each band's first bin (n_bands,) and its weights
+    from there (width, n_bands), width the widest band's support. A band near the top
+    starts early instead, so every ``start + width`` stays in range; the extra
+    weights are zeros (exact: adding 0 * power changes no sum)."""
+    n_bands, n_bins = fb.shape
+    nonzero = fb != 0
+    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), 0)
+    last = np.where(nonzero.any(axis=1), n_bins - 1 - nonzero[:, ::-1].argmax(axis=1), 0)
+    width = int(max(1, (last - first + 1).max()))
+    start = np.minimum(first, n_bins - width).astype(np.int64)
+    weights = np.stack([fb[b, start[b] : start[b] + width] for b in range(n_bands)], axis=1)
+    return start, np.ascontiguousarray(weights, dtype=np.float32)
 
 
 def _hann(n: int) -> NDArray[np.float64]:
@@ -201,158 +230,150 @@ def compute_lld(
             f"frames must have shape (..., n_frames, {params.frame_length}), got {x.shape}"
         )
     tables = _tables(params)
+    n = params.frame_length
     lead = x.shape[:-1]
-    flat = x.reshape(-1, params.frame_length)
+    flat = x.reshape(-1, n)
     out = np.empty((flat.shape[0], len(LLD_NAMES)), dtype=np.float32)
     for start in range(0, flat.shape[0], _CHUNK_FRAMES):
         stop = min(start + _CHUNK_FRAMES, flat.shape[0])
-        chunk = np.asarray(flat[start:stop], dtype=np.float32)
-        if not np.isfinite(chunk).all():
-            chunk = np.nan_to_num(chunk, nan=0.0, posinf=0.0, neginf=0.0)
-        out[start:stop] = _lld_block(chunk, tables, params)
+        chunk = np.ascontiguousarray(flat[start:stop], dtype=np.float32).reshape(-1)
+        starts = np.arange(0, chunk.size, n, dtype=np.int64)
+        out[start:stop] = _lld_block(chunk, starts, tables, params)
     return out.reshape(*lead, len(LLD_NAMES))
 
 
-def _lld_block(
-    raw: NDArray[np.float32], tables: _Tables, params: FeatureParams
+def compute_lld_at(
+    *,
+    signal: NDArray[np.float32],
+    starts: NDArray[np.int64],
+    params: FeatureParams = DEFAULT_FEATURE_PARAMS,
 ) -> NDArray[np.float32]:
-    """LLDs of (n, frame_length) float32 frames -> (n, n_lld)."""
-    n_frames, n = raw.shape
+    """:func:`compute_lld` of the frames ``signal[s : s + frame_length]`` for ``s`` in
+    ``starts``, read in place: the engine lays every leg's new audio end to end in
+    one buffer and gets all their frames' LLDs from one call, without a copy of the
+    (overlapping) frames.
+
+    ``signal``: (n_samples,) float32 in [-1, 1] (NaN and +-inf read as 0); ``starts``:
+    (n_frames,) int, each with ``0 <= s <= n_samples - frame_length``, else AudioError.
+    Returns (n_frames, len(LLD_NAMES))
+    float32, row ``i`` equal to ``compute_lld`` of frame ``i``.
+    """
+    sig = np.ascontiguousarray(signal, dtype=np.float32)
+    at = np.ascontiguousarray(starts, dtype=np.int64)
+    if sig.ndim != 1 or at.ndim != 1:
+        raise AudioError(
+            f"need (n_samples,) signal and (n_frames,) starts, got {sig.shape}, {at.shape}"
+        )
+    tables = _tables(params)
+    out = np.empty((at.size, len(LLD_NAMES)), dtype=np.float32)
+    try:
+        for start in range(0, at.size, _CHUNK_FRAMES):
+            stop = min(start + _CHUNK_FRAMES, at.size)
+            out[start:stop] = _lld_block(sig, at[start:stop], tables, params)
+    except IndexError:  # checked in the kernel: a pass over `starts` saved per call
+        raise AudioError(
+            f"frame starts must lie in 0..{sig.size - params.frame_length}, "
+            f"got {at.min()}..{at.max()}"
+        ) from None
+    return out
+
+
+def _lld_block(
+    signal: NDArray[np.float32],
+    starts: NDArray[np.int64],
+    tables: _Tables,
+    params: FeatureParams,
+) -> NDArray[np.float32]:
+    """LLDs of the frames at ``starts`` (n,) in the float32 ``signal`` -> (n, n_lld).
+
+    The FFTs run batched in scipy; everything between them is one compiled pass per
+    frame (:mod:`emotion_engine.features._kernels`), which replaced ~40 numpy calls
+    over (n, 100..320) temporaries: those passes, not the FFTs, were most of the time.
+    """
+    n_frames, n = starts.size, params.frame_length
     out = np.empty((n_frames, len(LLD_NAMES)), dtype=np.float32)
     # DC-free frames written straight into YIN's zero-padded FFT input: scipy pads
     # with a copy of its own, and a padded input made its rfft ~1.8x faster
     padded = np.zeros((n_frames, tables.n_fft_acf), dtype=np.float32)
-    x = padded[:, :n]
-    np.subtract(raw, raw.mean(axis=1, keepdims=True), out=x)
-    # products below use einsum, not BLAS: the matrices are small, and OpenBLAS's
-    # spinning worker threads made the whole call 2-3x slower on a busy 2-core host
-
-    energy = np.einsum("ij,ij->i", x, x)
-    rms_db = 10.0 * np.log10(np.maximum(energy / n, 10.0 ** (_RMS_FLOOR_DB / 10.0)))
-    out[:, LLD_INDEX["rms_db"]] = rms_db
-    out[:, LLD_INDEX["peak_amplitude"]] = np.abs(x).max(axis=1)
-    signs = np.signbit(x)
-    out[:, LLD_INDEX["zcr"]] = np.count_nonzero(signs[:, 1:] != signs[:, :-1], axis=1) / (n - 1)
-
-    f0_hz, voicing, hnr_db = _yin(padded, tables, params)
-    voiced = (voicing >= params.voicing_threshold) & (rms_db >= params.energy_floor_db)
-    out[:, LLD_INDEX["f0_hz"]] = np.where(voiced, f0_hz, 0.0)
-    out[:, LLD_INDEX["voicing"]] = voicing
-    out[:, LLD_INDEX["voiced"]] = voiced
-    out[:, LLD_INDEX["hnr_db"]] = hnr_db
-
     windowed = np.zeros((n_frames, params.n_fft), dtype=np.float32)
-    np.multiply(x, tables.window, out=windowed[:, :n])
-    spec = scipy.fft.rfft(windowed, axis=1)
-    power = spec.real**2 + spec.imag**2  # (n, n_bins) float32
-    magnitude = np.sqrt(power)
-    mag_sum = magnitude.sum(axis=1)
-    out[:, LLD_INDEX["spectral_centroid_hz"]] = np.where(
-        mag_sum > 0,
-        np.einsum("ij,j->i", magnitude, tables.freqs_hz) / np.maximum(mag_sum, 1e-30),
-        0.0,
+    csum = np.empty((n_frames, n + 1), dtype=np.float32)
+    _kernels.time_domain(
+        signal,
+        starts,
+        tables.window,
+        padded,
+        windowed,
+        csum,
+        out[:, LLD_INDEX["peak_amplitude"]],
+        out[:, LLD_INDEX["zcr"]],
     )
-    floored = np.maximum(power, _POWER_FLOOR)
-    log_power = np.log(floored)
-    out[:, LLD_INDEX["spectral_flatness"]] = np.exp(log_power.mean(axis=1)) / floored.mean(axis=1)
-    # 10 log10(P) = (10 / ln 10) ln(P): reuse the natural log already taken
-    out[:, LLD_INDEX["spectral_slope_db_per_khz"]] = np.einsum(
-        "ij,j->i", log_power, tables.slope_weights
-    ) * (10.0 / np.log(10.0))
-    low = np.einsum("ij,j->i", floored, tables.alpha_low)
-    high = np.einsum("ij,j->i", floored, tables.alpha_high)
-    out[:, LLD_INDEX["alpha_ratio_db"]] = 10.0 * np.log10(high / low)
-    out[:, LLD_INDEX["hammarberg_db"]] = 10.0 * np.log10(
-        floored[:, tables.hamm_low].max(axis=1) / floored[:, tables.hamm_high].max(axis=1)
+    x = padded[:, :n]
+    # energy by einsum, as before: its SIMD summation order decides rms_db's last bit,
+    # and rms_db gates `voiced` (einsum, not BLAS: OpenBLAS's spinning worker threads
+    # made the whole call 2-3x slower on a busy 2-core host)
+    energy = np.einsum("ij,ij->i", x, x)
+    spec = scipy.fft.rfft(padded, axis=1)
+    _kernels.power_spectrum(spec, spec)  # in place: spec is ours
+    acf = scipy.fft.irfft(spec, n=tables.n_fft_acf, axis=1, overwrite_x=True)
+    _kernels.yin_pick(
+        acf,
+        csum,
+        tables.lags_f32,
+        tables.inv_overlap,
+        tables.tau_min,
+        tables.tau_max,
+        params.yin_threshold,
+        float(params.sample_rate_hz),
+        _HNR_R_CLIP,
+        energy,
+        10.0 ** (_RMS_FLOOR_DB / 10.0),
+        params.voicing_threshold,
+        params.energy_floor_db,
+        out,
+        _YIN_COLUMNS,
     )
-
-    # "ij,kj": every output is a dot of two contiguous rows, which einsum vectorises
-    # (~1.5x faster than "ij,jk" with the transposed table; float32 rounding differs)
-    mel = np.einsum("ij,kj->ik", power, tables.mel_fb)  # (n, n_mels)
-    out[:, LLD_INDEX["loudness"]] = (mel**0.3).sum(axis=1)
-    log_mel = 10.0 * np.log10(np.maximum(mel, _POWER_FLOOR))
-    first = LLD_INDEX["mfcc0"]
-    out[:, first : first + N_MFCC] = np.einsum("ij,kj->ik", log_mel, tables.dct)
+    _kernels.spectral(
+        scipy.fft.rfft(windowed, axis=1),
+        tables.freqs_hz,
+        tables.slope_weights,
+        tables.alpha_low,
+        tables.alpha_high,
+        tables.hamm_low,
+        tables.hamm_high,
+        tables.mel_start,
+        tables.mel_weights,
+        tables.dct_t,
+        _POWER_FLOOR,
+        10.0 / np.log(10.0),  # 10 log10(P) = (10 / ln 10) ln(P): the slope reuses ln(P)
+        out,
+        _SPECTRAL_COLUMNS,
+    )
     return out
 
 
-def _yin(
-    padded: NDArray[np.float32], tables: _Tables, params: FeatureParams
-) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
-    """YIN F0 (Hz), voicing (0..1) and HNR (dB) of DC-free frames.
-
-    ``padded``: (n, n_fft_acf) frames in the first ``frame_length`` columns, zeros after.
-    """
-    n = params.frame_length
-    x = padded[:, :n]
-    tau_min, tau_max = tables.tau_min, tables.tau_max
-    lags = tables.lags  # 0 .. tau_max + 1, so every candidate has a right neighbour
-    spec = scipy.fft.rfft(padded, axis=1)
-    acf = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=tables.n_fft_acf, axis=1)
-    acf = acf[:, : lags.size]
-
-    # energies of the two overlapping parts at each lag:
-    # head(tau) = sum_{j < n - tau} x_j^2, tail(tau) = sum_{j >= tau} x_j^2
-    csum = np.zeros((x.shape[0], n + 1), dtype=np.float32)
-    np.cumsum(x * x, axis=1, out=csum[:, 1:])
-    total = csum[:, n : n + 1]
-    e_head = csum[:, n - lags.size + 1 : n + 1][:, ::-1]  # csum[:, n - lags], a view
-    e_tail = total - csum[:, : lags.size]
-    # in place: the same operations as max(e_head + e_tail - 2 acf, 0) / (n - tau)
-    diff = e_head + e_tail
-    diff -= 2.0 * acf
-    np.maximum(diff, 0.0, out=diff)
-    diff *= tables.inv_overlap
-
-    # CMND(tau) = diff(tau) tau / sum_{k=1..tau} diff(k); the epsilon turns an all-zero
-    # (silent) frame into CMND = 1, i.e. aperiodic, without a branch
-    eps = total * 1e-10 + 1e-30
-    # column k holds lag k + 1 (lag 0 is never searched), so no ones-filled copy is needed
-    cmnd = (diff[:, 1:] * tables.lags_f32[1:] + eps) / (np.cumsum(diff[:, 1:], axis=1) + eps)
-
-    search = cmnd[:, tau_min - 2 : tau_max + 1]  # lags tau_min-1 .. tau_max+1
-    centre = search[:, 1:-1]
-    below = (centre < search[:, :-2]) & (centre <= search[:, 2:])  # troughs ...
-    below &= centre < params.yin_threshold  # ... under the threshold
-    best = np.where(below.any(axis=1), below.argmax(axis=1), centre.argmin(axis=1)) + tau_min
-    around = best[:, None] + np.arange(-1, 2)  # (n_frames, 3): best - 1, best, best + 1
-    # plain fancy indexing: take_along_axis rebuilds this index in Python (~8 us a call)
-    rows = np.arange(x.shape[0])[:, None]
-
-    left, mid, right = cmnd[rows, around - 1].T
-    shift, trough = _parabola(left, mid, right)
-    voicing = np.clip(1.0 - trough, 0.0, 1.0)
-    f0_hz = params.sample_rate_hz / (best + shift)
-
-    # Boersma's r: correlation of the two overlapping parts, peak-interpolated
-    ncc = acf[rows, around] / np.sqrt(
-        np.maximum(
-            e_head[rows, around] * e_tail[rows, around],
-            1e-30,
+_SPECTRAL_COLUMNS = np.array(
+    [
+        LLD_INDEX[name]
+        for name in (
+            "spectral_centroid_hz",
+            "spectral_slope_db_per_khz",
+            "spectral_flatness",
+            "alpha_ratio_db",
+            "hammarberg_db",
+            "loudness",
+            "mfcc0",
         )
-    )
-    _, r = _parabola(*ncc.T)
-    lo = 10.0 ** (_HNR_MIN_DB / 10.0)
-    hi = 10.0 ** (_HNR_MAX_DB / 10.0)
-    r = np.clip(r, lo / (1.0 + lo), hi / (1.0 + hi))
-    hnr_db = 10.0 * np.log10(r / (1.0 - r))
-    return (
-        f0_hz.astype(np.float32),
-        voicing.astype(np.float32),
-        hnr_db.astype(np.float32),
-    )
+    ]
+)
+"""Where :func:`_kernels.spectral` writes its descriptors (MFCCs: from ``mfcc0`` on)."""
 
+_YIN_COLUMNS = np.array(
+    [LLD_INDEX[name] for name in ("f0_hz", "voicing", "voiced", "hnr_db", "rms_db")]
+)
+"""Where :func:`_kernels.yin_pick` writes its descriptors."""
 
-def _parabola(
-    left: NDArray[np.float32], mid: NDArray[np.float32], right: NDArray[np.float32]
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Vertex (offset in -1..1, value) of the parabola through three equally spaced points.
-
-    Where the points do not bend (zero curvature) the middle point is kept.
-    """
-    curvature = left - 2.0 * mid + right
-    bent = np.abs(curvature) > 1e-12
-    shift = np.clip(0.5 * (left - right) / np.where(bent, curvature, 1.0), -1.0, 1.0)
-    shift = np.where(bent, shift, 0.0)
-    vertex = mid - 0.25 * (left - right) * shift
-    return shift.astype(np.float32), vertex.astype(np.float32)
+_HNR_R_CLIP = (
+    10.0 ** (_HNR_MIN_DB / 10.0) / (1.0 + 10.0 ** (_HNR_MIN_DB / 10.0)),
+    10.0 ** (_HNR_MAX_DB / 10.0) / (1.0 + 10.0 ** (_HNR_MAX_DB / 10.0)),
+)
+"""Boersma's r clipped so that HNR stays in _HNR_MIN_DB.._HNR_MAX_DB."""
