@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= $(abspath ../shared/data)
 export EMOTION_ENGINE_DATA ?= $(DATA_DIR)
 
-.PHONY: help setup system-deps run demo test unit lint typecheck format train evaluate bench clean
+.PHONY: help setup system-deps kernels run demo test unit lint typecheck format train evaluate bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -40,12 +40,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the engine with its dev tools
 
-run: $(STAMP)  ## start the live server on localhost and stream the bundled demo call into it (Ctrl-C stops)
+run: $(STAMP) kernels  ## start the live server on localhost and stream the bundled demo call into it (Ctrl-C stops)
 	$(BIN)/emotion-engine serve --demo
+
+kernels: $(STAMP)  ## compile the numba feature kernels once (cached on disk)
+	@$(BIN)/python -c "from emotion_engine.features import compile_kernels; compile_kernels()"
 
 test: $(STAMP)  ## lint, type-check and run the test suite
 	$(BIN)/ruff check emotion_engine tests benchmarks
 	$(BIN)/mypy
+	@$(MAKE) --no-print-directory kernels
 	$(BIN)/pytest -q
 
 unit: $(STAMP)  ## tests only

@@ -24,6 +24,7 @@ __all__ = [
     "FUNCTIONAL_NAMES",
     "LLD_INDEX",
     "LLD_NAMES",
+    "compile_kernels",
     "compute_functionals",
     "compute_lld",
     "extract_clip_features",
@@ -50,3 +51,15 @@ def extract_clip_features(
     frames = frame_signal(samples=x, frame_length=params.frame_length, hop_length=params.hop_length)
     lld = compute_lld(frames=frames, params=params)
     return compute_functionals(lld=lld, params=params)
+
+
+def compile_kernels() -> None:
+    """Compile the numba kernels, or load them from numba's on-disk cache.
+
+    The first call in a fresh checkout takes about 15 s; later processes load the cache in
+    a fraction of that. ``make test`` and ``make run`` call this once first, so that the
+    test processes and servers started in parallel find the kernels cached rather than
+    all compiling (and writing the cache) at the same moment.
+    """
+    noise = np.random.default_rng(0).normal(0.0, 0.1, 2 * DEFAULT_FEATURE_PARAMS.sample_rate_hz)
+    extract_clip_features(samples=noise.astype(np.float32))
