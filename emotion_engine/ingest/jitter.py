@@ -52,6 +52,9 @@ MAX_DROPOUT: Final = 3000
 # How far back released sequence numbers are remembered to tell a duplicate from a
 # late packet; older stragglers are simply called late.
 _HISTORY: Final = 1024
+_SEQ_HALF: Final = SEQ_MODULUS >> 1
+_TS_HALF: Final = TS_MODULUS >> 1
+_INT16: Final = np.dtype(np.int16)  # native int16 (a singleton, so `is` works)
 
 
 def serial_delta(a: int, b: int, *, modulus: int) -> int:
@@ -77,13 +80,6 @@ class JitterStats:
     concealed_samples: int = 0
     silence_samples: int = 0
     resyncs: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    ext_seq: int
-    ext_ts: int
-    pcm: NDArray[np.int16]
 
 
 class JitterBuffer:
@@ -117,7 +113,9 @@ class JitterBuffer:
         self.plc_gain = plc_gain
         self.max_gap_samples = round(max_gap_s * clock_rate)
         self.stats = JitterStats()
-        self._pending: dict[int, _Pending] = {}
+        # extended seq -> (extended ts, pcm). A plain tuple, not a dataclass: this is
+        # built for every packet of every leg (benchmarks/end_to_end).
+        self._pending: dict[int, tuple[int, NDArray[np.int16]]] = {}
         self._max_ext_seq: int | None = None
         self._ref_ext_ts: int | None = None  # extended ts of the newest packet, for unwrapping
         self._last_released_seq: int | None = None
@@ -162,16 +160,19 @@ class JitterBuffer:
         that only occupies its sequence number (comfort noise, DTMF events).
         """
         self.stats.received += 1
-        pcm = np.asarray(payload_pcm, dtype=np.int16).reshape(-1)
-        if self._max_ext_seq is None or self._ref_ext_ts is None:
+        pcm = payload_pcm
+        if type(pcm) is not np.ndarray or pcm.dtype is not _INT16 or pcm.ndim != 1:
+            pcm = np.asarray(payload_pcm, dtype=np.int16).reshape(-1)
+        max_seq, ref_ts = self._max_ext_seq, self._ref_ext_ts
+        if max_seq is None or ref_ts is None:
             ext_seq, ext_ts = seq, timestamp
         else:
-            ext_seq = self._max_ext_seq + serial_delta(seq, self._max_ext_seq, modulus=SEQ_MODULUS)
-            ext_ts = self._ref_ext_ts + serial_delta(
-                timestamp, self._ref_ext_ts, modulus=TS_MODULUS
-            )
+            # serial_delta inlined: this runs for every packet of every leg.
+            ext_seq = max_seq + ((seq - max_seq + _SEQ_HALF) % SEQ_MODULUS) - _SEQ_HALF
+            ext_ts = ref_ts + ((timestamp - ref_ts + _TS_HALF) % TS_MODULUS) - _TS_HALF
 
-        if self._last_released_seq is not None and ext_seq <= self._last_released_seq:
+        last = self._last_released_seq
+        if last is not None and ext_seq <= last:
             if ext_seq in self._released_recent:
                 self.stats.duplicates += 1
             else:
@@ -179,18 +180,19 @@ class JitterBuffer:
                 # A second copy of the same late packet is a duplicate, not late again.
                 self._released_recent.add(ext_seq)
             return []
-        if ext_seq in self._pending:
+        pending = self._pending
+        if ext_seq in pending:
             self.stats.duplicates += 1
             return []
-        if self._max_ext_seq is not None and ext_seq < self._max_ext_seq:
+        if max_seq is not None and ext_seq < max_seq:
             self.stats.reordered += 1
         else:
             self._max_ext_seq = ext_seq
             self._ref_ext_ts = ext_ts
-        self._pending[ext_seq] = _Pending(ext_seq, ext_ts, pcm)
+        pending[ext_seq] = (ext_ts, pcm)
 
         out: list[tuple[int, NDArray[np.int16]]] = []
-        while len(self._pending) > self.depth_packets:
+        while len(pending) > self.depth_packets:
             self._release_oldest(out)
         return out
 
@@ -202,22 +204,31 @@ class JitterBuffer:
         return out
 
     def _release_oldest(self, out: list[tuple[int, NDArray[np.int16]]]) -> None:
-        packet = self._pending.pop(min(self._pending))
+        pending = self._pending
+        last = self._last_released_seq
+        # Every pending seq is above the last released one, so the next seq, when
+        # present (the usual in-order case), is the oldest: no scan needed.
+        ext_seq = last + 1 if last is not None and last + 1 in pending else min(pending)
+        ext_ts, pcm = pending.pop(ext_seq)
         missing = 0
-        if self._last_released_seq is not None:
-            missing = packet.ext_seq - self._last_released_seq - 1
+        if last is not None:
+            missing = ext_seq - last - 1
             if missing > MAX_DROPOUT:
                 missing = 0  # a restart of the sequence, not loss
-        self.stats.lost += missing
-        self._remember_released(packet.ext_seq)
-        pcm = packet.pcm
+            self.stats.lost += missing
+        self._last_released_seq = ext_seq
+        recent = self._released_recent
+        recent.add(ext_seq)
+        if len(recent) > 2 * _HISTORY:
+            floor = ext_seq - _HISTORY
+            self._released_recent = {s for s in recent if s > floor}
         if pcm.size == 0:
             # A placeholder (comfort noise, DTMF event, unsupported codec) holds its
             # sequence number so it is not counted lost; its time is filled as silence
             # when the next audio comes.
             return
 
-        ts = packet.ext_ts + self._ts_shift
+        ts = ext_ts + self._ts_shift
         if self._next_ts is None:
             self._first_ts = self._next_ts = ts
         gap = ts - self._next_ts
@@ -250,10 +261,3 @@ class JitterBuffer:
         else:
             self.stats.silence_samples += n_samples
         return fill
-
-    def _remember_released(self, ext_seq: int) -> None:
-        self._last_released_seq = ext_seq
-        self._released_recent.add(ext_seq)
-        if len(self._released_recent) > 2 * _HISTORY:
-            floor = ext_seq - _HISTORY
-            self._released_recent = {s for s in self._released_recent if s > floor}

@@ -30,6 +30,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from emotion_engine.audio.g711 import ALAW_DECODE_TABLE, ULAW_DECODE_TABLE
 from emotion_engine.errors import ConfigError, ProtocolError
 from emotion_engine.frames import AudioChunk
 from emotion_engine.ingest.base import (
@@ -58,6 +59,14 @@ PT_PCMU: Final = 0
 PT_PCMA: Final = 8
 PT_CN: Final = 13  # RFC 3389 comfort noise: a pause, not audio we can analyse
 PAYLOAD_CODECS: Final[dict[int, str]] = {PT_PCMU: "PCMU", PT_PCMA: "PCMA"}
+# Payload type -> G.711 decode table (code -> int16).
+_DECODE_TABLES: Final[dict[int, NDArray[np.int16]]] = {
+    PT_PCMU: ULAW_DECODE_TABLE,
+    PT_PCMA: ALAW_DECODE_TABLE,
+}
+_UINT8: Final = np.dtype(np.uint8)
+# First byte of the common packet: version 2, no padding, no extension, no CSRC.
+_PLAIN_B0: Final = RTP_VERSION << 6
 # RFC 4733 event codes 0-15 are the DTMF keys.
 _DTMF_DIGITS: Final = "0123456789*#ABCD"
 _HEADER: Final = struct.Struct("!BBHII")
@@ -212,15 +221,10 @@ def is_rtcp(data: bytes) -> bool:
 def decode_payload(packet: RtpPacket) -> NDArray[np.int16]:
     """G.711 payload -> (n_samples,) int16 at 8 kHz; :class:`ProtocolError` for other
     payload types."""
-    # Imported here so the packet codec works while the audio package is being built.
-    from emotion_engine.audio.g711 import alaw_decode, ulaw_decode
-
-    codes = np.frombuffer(packet.payload, dtype=np.uint8)
-    if packet.payload_type == PT_PCMU:
-        return ulaw_decode(codes)
-    if packet.payload_type == PT_PCMA:
-        return alaw_decode(codes)
-    raise ProtocolError(f"unsupported payload type {packet.payload_type}")
+    table = _DECODE_TABLES.get(packet.payload_type)
+    if table is None:
+        raise ProtocolError(f"unsupported payload type {packet.payload_type}")
+    return table[np.frombuffer(packet.payload, dtype=np.uint8)]
 
 
 @dataclass(slots=True)
@@ -280,42 +284,8 @@ class RtpIngest:
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> list[IngestOutput]:
         """Handle one UDP datagram from ``addr`` received at ``now`` (seconds, any
         monotonic clock)."""
-        if is_rtcp(data):
-            self.rtcp_ignored += 1
-            return []
-        try:
-            packet = RtpPacket.parse(data)
-        except ProtocolError as exc:
-            return [ProtocolViolation(f"from {_remote(addr)}: {exc}")]
-        peer = _peer(addr)
-        leg = self._legs.get((peer, packet.ssrc))
         out: list[IngestOutput] = []
-        is_audio = packet.payload_type in PAYLOAD_CODECS
-        if leg is None:
-            if not is_audio:
-                return [self._unsupported(packet, addr)]
-            if len(self._legs) >= self.max_legs:
-                return [
-                    ProtocolViolation(
-                        f"from {_remote(addr)}: ssrc 0x{packet.ssrc:08x} dropped, "
-                        f"{self.max_legs} legs already open"
-                    )
-                ]
-            leg = self._start_leg(peer, packet, now)
-            out.append(self._leg_started(leg))
-        leg.last_seen = now
-
-        if is_audio:
-            pcm = decode_payload(packet)
-        else:
-            # Keep the sequence number occupied so the jitter buffer does not call it lost.
-            pcm = np.zeros(0, dtype=np.int16)
-            if packet.payload_type == self.dtmf_payload_type:
-                out.extend(self._telephone_event(leg, packet))
-            elif packet.payload_type != PT_CN:
-                out.append(self._unsupported(packet, addr))
-        released = leg.jitter.push(packet.sequence, packet.timestamp, pcm)
-        out.extend(self._chunks(leg, released))
+        self._receive(data, addr, now, out)
         return out
 
     def poll(self, now: float) -> list[IngestOutput]:
@@ -383,6 +353,68 @@ class RtpIngest:
 
     # -- internals ----------------------------------------------------------------
 
+    def _receive(self, data: bytes, addr: Address, now: float, out: list[IngestOutput]) -> None:
+        # Fast path for nearly every packet under load: plain header, G.711, running
+        # leg. Same result as the general path below, without the RtpPacket object,
+        # the payload copy and the checks that cannot fail here: 18-19 us per packet
+        # went down to 6.5 (500 legs are 25,000 packets/s on one core).
+        if len(data) > HEADER_SIZE and data[0] == _PLAIN_B0:
+            table = _DECODE_TABLES.get(data[1] & 0x7F)  # never RTCP: 192-223 are not here
+            if table is not None:
+                _, _, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
+                leg = self._legs.get((_peer(addr), ssrc))
+                if leg is not None:
+                    leg.last_seen = now
+                    # take() with positional frombuffer arguments: 1.3 us, where
+                    # table[np.frombuffer(..., dtype=, offset=)] took 2.2 us.
+                    pcm = table.take(np.frombuffer(data, _UINT8, -1, HEADER_SIZE))
+                    released = leg.jitter.push(sequence, timestamp, pcm)
+                    if released:
+                        self._chunks(leg, released, out)
+                    return
+        self._receive_general(data, addr, now, out)
+
+    def _receive_general(
+        self, data: bytes, addr: Address, now: float, out: list[IngestOutput]
+    ) -> None:
+        if is_rtcp(data):
+            self.rtcp_ignored += 1
+            return
+        try:
+            packet = RtpPacket.parse(data)
+        except ProtocolError as exc:
+            out.append(ProtocolViolation(f"from {_remote(addr)}: {exc}"))
+            return
+        peer = _peer(addr)
+        leg = self._legs.get((peer, packet.ssrc))
+        is_audio = packet.payload_type in PAYLOAD_CODECS
+        if leg is None:
+            if not is_audio:
+                out.append(self._unsupported(packet, addr))
+                return
+            if len(self._legs) >= self.max_legs:
+                out.append(
+                    ProtocolViolation(
+                        f"from {_remote(addr)}: ssrc 0x{packet.ssrc:08x} dropped, "
+                        f"{self.max_legs} legs already open"
+                    )
+                )
+                return
+            leg = self._start_leg(peer, packet, now)
+            out.append(self._leg_started(leg))
+        leg.last_seen = now
+
+        if is_audio:
+            pcm = decode_payload(packet)
+        else:
+            # Keep the sequence number occupied so the jitter buffer does not call it lost.
+            pcm = np.zeros(0, dtype=np.int16)
+            if packet.payload_type == self.dtmf_payload_type:
+                out.extend(self._telephone_event(leg, packet))
+            elif packet.payload_type != PT_CN:
+                out.append(self._unsupported(packet, addr))
+        self._chunks(leg, leg.jitter.push(packet.sequence, packet.timestamp, pcm), out)
+
     def _start_leg(self, peer: tuple[str, int], packet: RtpPacket, now: float) -> _Leg:
         host, port = peer
         name = self._names.get((peer, packet.ssrc)) or self._names.get((peer, None))
@@ -408,18 +440,18 @@ class RtpIngest:
         return 0.0 if first is None or nxt is None else (nxt - first) / CLOCK_RATE
 
     def _chunks(
-        self, leg: _Leg, released: list[tuple[int, NDArray[np.int16]]]
-    ) -> list[IngestOutput]:
+        self, leg: _Leg, released: list[tuple[int, NDArray[np.int16]]], out: list[IngestOutput]
+    ) -> None:
         if not released:
-            return []
+            return
         first = leg.jitter.first_timestamp
         assert first is not None  # something was released, so the timeline has an origin
         # Released pieces are contiguous by construction: one chunk per call is enough.
         pcm = released[0][1] if len(released) == 1 else np.concatenate([p for _, p in released])
         if pcm.size == 0:
-            return []
+            return
         t = (released[0][0] - first) / CLOCK_RATE
-        return [AudioChunk(leg.call_id, leg.party, t, pcm, CLOCK_RATE)]
+        out.append(AudioChunk(leg.call_id, leg.party, t, pcm, CLOCK_RATE))
 
     def _telephone_event(self, leg: _Leg, packet: RtpPacket) -> list[IngestOutput]:
         payload = packet.payload
@@ -448,7 +480,8 @@ class RtpIngest:
 
     def _end(self, key: tuple[tuple[str, int], int], reason: str) -> list[IngestOutput]:
         leg = self._legs.pop(key)
-        out = self._chunks(leg, leg.jitter.flush())
+        out: list[IngestOutput] = []
+        self._chunks(leg, leg.jitter.flush(), out)
         out.append(LegEnded(leg.call_id, leg.party, reason=reason))
         self._ended_stats[leg.call_id] = leg.jitter.stats
         self._lost_in_ended_legs += leg.jitter.stats.lost
