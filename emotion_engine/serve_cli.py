@@ -241,6 +241,7 @@ async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = F
     from emotion_engine.detect.spike import validate_detector_params
     from emotion_engine.engine.pipeline import Engine
     from emotion_engine.engine.service import EngineService
+    from emotion_engine.features import compile_kernels
     from emotion_engine.model.runtime import DEFAULT_MODEL_DIR, EmotionModel
     from emotion_engine.publish.console import CueFormatter
     from emotion_engine.publish.hub import EventHub
@@ -249,6 +250,9 @@ async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = F
     engine_params = engine_params_with_detector(params.detector)
     validate_detector_params(engine_params.detector)
     model = EmotionModel.load(Path(params.model) if params.model else DEFAULT_MODEL_DIR)
+    # Feature tables (librosa's mel filterbank) and the compiled kernels load here, not
+    # on the first call's first tick, which would otherwise stall every leg by 1-2 s.
+    compile_kernels()
     service = EngineService(
         engine=Engine(model=model, params=engine_params),
         hub=EventHub(replay_events=params.replay_events, max_queue=params.subscriber_queue),
