@@ -47,6 +47,20 @@ _MEAN_STD_VOICED: tuple[str, ...] = (
 )
 
 
+_OTHER_NAMES: tuple[str, ...] = (
+    "jitter_local",
+    "shimmer_db",
+    "f0_delta_semitone_abs_mean",
+    "voiced_ratio",
+    "loudness_all_mean",
+    "rms_db_all_mean",
+    "loudness_delta_std",
+    "voiced_segments_per_s",
+    "voiced_segment_mean_s",
+)
+"""Window-level voice-quality and rhythm functionals, after the per-LLD statistics."""
+
+
 def _names() -> tuple[str, ...]:
     names: list[str] = []
     for base in ("f0_semitone", "loudness"):
@@ -55,17 +69,7 @@ def _names() -> tuple[str, ...]:
         names.append(f"{base}_p{PERCENTILES[0]}_{PERCENTILES[-1]}_range")
     for lld in _MEAN_STD_VOICED:
         names += [f"{lld}_mean", f"{lld}_std"]
-    names += [
-        "jitter_local",
-        "shimmer_db",
-        "f0_delta_semitone_abs_mean",
-        "voiced_ratio",
-        "loudness_all_mean",
-        "rms_db_all_mean",
-        "loudness_delta_std",
-        "voiced_segments_per_s",
-        "voiced_segment_mean_s",
-    ]
+    names += list(_OTHER_NAMES)
     return tuple(names)
 
 
@@ -89,22 +93,7 @@ _MEAN_STD_LLD_COLS = np.array([LLD_INDEX[name] for name in _MEAN_STD_VOICED])
 _LLD_COLS = np.array(
     [LLD_INDEX[name] for name in ("voiced", "f0_hz", "loudness", "peak_amplitude", "rms_db")]
 )
-_OTHER_COLS = np.array(
-    [
-        _OUT_INDEX[name]
-        for name in (
-            "jitter_local",
-            "shimmer_db",
-            "f0_delta_semitone_abs_mean",
-            "voiced_ratio",
-            "loudness_all_mean",
-            "rms_db_all_mean",
-            "loudness_delta_std",
-            "voiced_segments_per_s",
-            "voiced_segment_mean_s",
-        )
-    ]
-)
+_OTHER_COLS = np.array([_OUT_INDEX[name] for name in _OTHER_NAMES])
 _PERCENTILES = np.asarray(PERCENTILES, dtype=np.float64)
 
 

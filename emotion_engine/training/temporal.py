@@ -722,20 +722,7 @@ def functionals_loco(
         normalisation="none",
     )
     labels = list(dataset.labels)
-    per_corpus: dict[str, Any] = {}
-    for name in corpora:
-        block = results["protocols"]["loco"][name]["ours"]["emotion"]
-        cm = np.array(block["confusion"], dtype=np.int64)
-        per_corpus[name] = {
-            "n": block["n"],
-            "uar": block["uar"],
-            "recall": {
-                n: None if np.isnan(r) else float(r)
-                for n, r in zip(labels, recalls(confusion=cm), strict=True)
-            },
-            "angry_auc": block["angry_auc"],
-            "confusion": block["confusion"],
-        }
+    per_corpus = _loco_blocks(results, labels=labels, corpora=corpora)
     return {
         "source": "this run (emotion_engine.training.evaluate.evaluate_features, "
         f"candidate {results['candidate']}, normalisation none)",
@@ -745,11 +732,10 @@ def functionals_loco(
     }
 
 
-def functionals_from_json(*, path: Path, corpora: Sequence[str]) -> dict[str, Any]:
-    """The functionals model's LOCO numbers from an ``evaluate`` JSON (no per-class recall
-    there beyond the confusion, which is converted)."""
-    results = json.loads(path.read_text())
-    labels = list(results["labels"])
+def _loco_blocks(
+    results: dict[str, Any], *, labels: Sequence[str], corpora: Sequence[str]
+) -> dict[str, Any]:
+    """Per held-out corpus, the functionals model's figures from ``evaluate`` results."""
     per_corpus: dict[str, Any] = {}
     for name in corpora:
         block = results["protocols"]["loco"][name]["ours"]["emotion"]
@@ -764,6 +750,15 @@ def functionals_from_json(*, path: Path, corpora: Sequence[str]) -> dict[str, An
             "angry_auc": block["angry_auc"],
             "confusion": block["confusion"],
         }
+    return per_corpus
+
+
+def functionals_from_json(*, path: Path, corpora: Sequence[str]) -> dict[str, Any]:
+    """The functionals model's LOCO numbers from an ``evaluate`` JSON (no per-class recall
+    there beyond the confusion, which is converted)."""
+    results = json.loads(path.read_text())
+    labels = list(results["labels"])
+    per_corpus = _loco_blocks(results, labels=labels, corpora=corpora)
     return {
         "source": f"{path} (normalisation {results.get('normalisation')})",
         "per_corpus": per_corpus,
