@@ -546,10 +546,19 @@ class EngineServer:
             await ws.send(json.dumps({"ok": not errors, "error": "; ".join(errors) or None}))
 
 
+_PORT_CHOICES: dict[str, str] = {
+    "--port": "0 = any free port",
+    "--rtp-port": "0 = any free port, -1 = off",
+    "--audiosocket-port": "0 = any free port, -1 = off",
+    "--sip": "HOST:0 = any free port; leave it out for no SIP",
+}
+"""What each listening option accepts, for the hint in a bind error."""
+
+
 def _bind_error(what: str, host: str, port: int, option: str, exc: OSError) -> ServeError:
     return ServeError(
         f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}; "
-        f"pick another port with {option} (0 = any free port, -1 = off where allowed)"
+        f"pick another port with {option} ({_PORT_CHOICES[option]})"
     )
 
 

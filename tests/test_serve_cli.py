@@ -118,6 +118,7 @@ def test_port_in_use_is_a_clear_error() -> None:
         )
     assert result.returncode != 0
     assert str(port) in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "pick another port with --port (0 = any free port)" in result.stderr
 
 
 def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
