@@ -47,6 +47,7 @@ from emotion_engine.training.train import (
     DEFAULT_NORMALISATION,
     NORMALISATIONS,
     FittedModel,
+    add_data_arguments,
     call_norm_params,
     fit_model,
     reference_rows,
@@ -709,12 +710,12 @@ def _json_default(value: object) -> object:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``emotion-engine evaluate`` (also ``python -m emotion_engine.training.evaluate``)."""
-    parser.add_argument(
-        "--data",
-        type=Path,
-        required=True,
-        metavar="DIR",
-        help="corpora folder (DIR/<corpus>/labels.csv, e.g. ../shared/data) or one labelled folder",
+    add_data_arguments(
+        parser,
+        model_types=CANDIDATES,
+        model_type_help=f"emotion head evaluated as 'ours' (default: {DEFAULT_CANDIDATE})",
+        normalisation_help=f"normalisation of the main tables (default: "
+        f"{DEFAULT_NORMALISATION}, the shipped one); the other is reported beside it",
     )
     parser.add_argument(
         "--card",
@@ -731,36 +732,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write all numbers as JSON (default: evaluation.json beside --card)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--folds", type=int, default=5, help="RAVDESS speaker folds (default: 5)")
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the openSMILE eGeMAPS + SVM baseline"
     )
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the comparison of emotion-head models"
-    )
-    parser.add_argument(
-        "--model-type",
-        choices=sorted(CANDIDATES),
-        default=DEFAULT_CANDIDATE,
-        help=f"emotion head evaluated as 'ours' (default: {DEFAULT_CANDIDATE})",
-    )
-    parser.add_argument(
-        "--corpora",
-        type=lambda s: [c for c in s.split(",") if c],
-        default=None,
-        metavar="A,B",
-        help="only these corpus subfolders",
-    )
-    parser.add_argument(
-        "--limit-per-corpus", type=int, default=None, metavar="N", help="at most N clips per corpus"
-    )
-    parser.add_argument(
-        "--normalisation",
-        choices=NORMALISATIONS,
-        default=DEFAULT_NORMALISATION,
-        help=f"normalisation of the main tables (default: {DEFAULT_NORMALISATION}, the "
-        "shipped one); the other is reported beside it",
     )
     parser.add_argument(
         "--harness",
@@ -777,7 +754,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stitched-call detection figures copied into the harness output "
         "(written by python -m emotion_engine.training.stitched)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -567,8 +567,14 @@ def _asdict(params: Any) -> dict[str, Any]:
     return asdict(params)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``emotion-engine train`` (also ``python -m emotion_engine.training.train``)."""
+def add_data_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    model_types: Iterable[str],
+    model_type_help: str,
+    normalisation_help: str,
+) -> None:
+    """The options ``train`` and ``evaluate`` share: the data, the seed, the recipe."""
     parser.add_argument(
         "--data",
         type=Path,
@@ -576,13 +582,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="labelled audio: DIR/labels.csv (columns file,speaker,emotion[,arousal]) with "
         "the audio files, or DIR/<corpus>/labels.csv for several corpora (../shared/data)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("models"),
-        metavar="DIR",
-        help="where to write emotion.onnx and emotion.manifest.json (default: models)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
@@ -601,19 +600,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model-type",
-        choices=sorted(EXPORTABLE),
+        choices=sorted(model_types),
         default=DEFAULT_CANDIDATE,
-        help=f"emotion head (default: {DEFAULT_CANDIDATE}, the best leave-one-corpus-out UAR)",
+        help=model_type_help,
     )
     parser.add_argument(
         "--normalisation",
         choices=NORMALISATIONS,
         default=DEFAULT_NORMALISATION,
-        help="per_call: train on per-speaker normalised features; the engine then "
-        f"normalises each call leg by its own running statistics (default: "
-        f"{DEFAULT_NORMALISATION})",
+        help=normalisation_help,
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``emotion-engine train`` (also ``python -m emotion_engine.training.train``)."""
+    add_data_arguments(
+        parser,
+        model_types=EXPORTABLE,
+        model_type_help=f"emotion head (default: {DEFAULT_CANDIDATE}, the best "
+        "leave-one-corpus-out UAR)",
+        normalisation_help="per_call: train on per-speaker normalised features; the engine "
+        "then normalises each call leg by its own running statistics (default: "
+        f"{DEFAULT_NORMALISATION})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models"),
+        metavar="DIR",
+        help="where to write emotion.onnx, emotion.manifest.json and emotion.card.md "
+        "(default: models)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
