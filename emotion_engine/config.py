@@ -76,21 +76,26 @@ class DetectorParams:
     """Spike detector: per-call baseline, smoothing, hysteresis, gating."""
 
     spike_emotions: tuple[str, ...] = ("angry",)
-    # Defaults chosen on stitched held-out calls (training/stitched.py): smoothing 3 ->
-    # 2 windows and min duration 1 -> 0.5 s cut the median emission delay by ~0.7 s;
-    # the higher on-threshold/margin paid for it in false alarms.
-    smoothing_windows: int = 2  # moving average over this many speech windows
+    # Start on one window, end on the spike's last three: the detector sweep
+    # (training/operating_point.py, models/README.md) found starting on one window
+    # earlier and surer on both call sets, and the three-window end keeps a spike from
+    # being cut short by a single calmer window (which also made cues flicker).
+    smoothing_windows: int = 1  # moving average over this many speech windows
     baseline_s: float = 10.0  # first seconds of speech that set the call's own baseline
     baseline_halflife_s: float = 60.0  # slow running mean after the initial period
-    on_threshold: float = 0.60  # smoothed score (absolute) needed to start a spike
+    on_threshold: float = 0.70  # smoothed score (absolute) needed to start a spike
     on_margin: float = 0.30  # ... and this much above the call's baseline
-    off_threshold: float = 0.40  # spike ends when the smoothed score falls below this
+    off_threshold: float = 0.45  # spike ends when the smoothed score falls below this
     min_duration_s: float = 0.5  # shorter spikes are not reported
     cooldown_s: float = 5.0  # quiet time after a spike ends before the next may start
     end_state_s: float = 12.0  # last seconds of speech that define the call's end state
     hop_s: float = 0.5  # seconds each score stands for: the window hop (WindowParams.hop_frames)
-    early_on_threshold: float = 0.75  # absolute start threshold until the baseline is set
+    early_on_threshold: float = 0.85  # absolute start threshold until the baseline is set
     silence_end_s: float = 3.0  # a spike (or candidate) ends after this long without speech
+    # A confirmed spike ends on the mean of its last this-many speech windows (counted from
+    # the onset), so a start on a short average does not make a spike that one calmer
+    # window ends; 0: the same windows as the start (smoothing_windows).
+    end_smoothing_windows: int = 3
 
 
 @dataclass(frozen=True, slots=True)

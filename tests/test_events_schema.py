@@ -78,11 +78,14 @@ def test_every_generated_event_validates(validator: jsonschema.protocols.Validat
         for e in events
         if e["type"] == "emotion.spike"
     ]
-    # onsets: k=31 (t=15.5) and k=77 (t=38.5); the second is still open at hang-up
+    # the shipped detector starts on one window: onsets at the first angry windows, k=30
+    # (t=15.0) and k=76 (t=38.0). It ends on the mean of the spike's last three windows:
+    # k=51 still averages 0.58, k=52 0.32 < 0.45 (t=26.0). The second spike is still open
+    # at hang-up.
     assert spikes == [
-        ("start", 15.5, None),
+        ("start", 15.0, None),
         ("end", 26.0, "score_fell"),
-        ("start", 38.5, None),
+        ("start", 38.0, None),
         ("end", 40.2, "call_end"),
     ]
     ends = [e for e in events if e["type"] == "call.end"]

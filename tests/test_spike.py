@@ -23,15 +23,18 @@ from emotion_engine.frames import EmotionScores
 from emotion_engine.publish.events import Event
 
 LABELS = ("neutral", "happy", "sad", "angry")
-# The hand-worked expectations below use these parameters (3-window smoothing,
-# on 0.55 / margin 0.20, 1 s minimum); the shipped defaults are tuned elsewhere
+# The hand-worked expectations below use these parameters (3-window smoothing for
+# start and end, on 0.55 / margin 0.20 / off 0.40 / early 0.75, 1 s minimum); the shipped defaults are tuned elsewhere
 # (training/stitched.py) and checked in test_shipped_defaults_are_valid.
 DEFAULT_DETECTOR_PARAMS = dataclasses.replace(
     SHIPPED_DETECTOR_PARAMS,
     smoothing_windows=3,
     on_threshold=0.55,
     on_margin=0.20,
+    off_threshold=0.40,
+    early_on_threshold=0.75,
     min_duration_s=1.0,
+    end_smoothing_windows=0,
 )
 HOP = 0.5
 
@@ -293,3 +296,25 @@ def test_shipped_defaults_are_valid_and_keep_hysteresis() -> None:
     # the shipped smoothing still reports a sustained anger segment exactly once
     values = [0.05] * 40 + [0.9] * 20 + [0.05] * 40
     assert [ph for ph, _ in phases(run(stream(values), params=p))] == ["start", "end"]
+
+
+def test_end_on_the_spikes_last_windows_keeps_one_dip_from_ending_it() -> None:
+    """Start on one window, end on the mean of the spike's last three (the shipped shape):
+    a single calm window inside the anger does not end the spike; two do."""
+    fast = dataclasses.replace(
+        DEFAULT_DETECTOR_PARAMS, smoothing_windows=1, min_duration_s=0.5, off_threshold=0.45
+    )
+    anger = [0.9, 0.9, 0.9, 0.2, 0.9, 0.9, 0.2, 0.2, 0.2]
+    values = [0.05] * 40 + anger + [0.05] * 10
+    one_window_end = run(stream(values), fast)
+    three_window_end = run(stream(values), dataclasses.replace(fast, end_smoothing_windows=3))
+    # onset at the first 0.9 (k=41, t=20.5) for both
+    assert phases(one_window_end)[0] == ("start", 20.5)
+    assert phases(three_window_end)[0] == ("start", 20.5)
+    # one-window end: the dip at k=44 (t=22.0) ends it
+    assert phases(one_window_end)[1] == ("end", 22.0)
+    # three-window end: k=44 averages (0.9+0.9+0.2)/3 = 0.67; it ends at k=48 (t=24.0),
+    # (0.9+0.2+0.2)/3 = 0.43 < 0.45
+    assert phases(three_window_end)[1] == ("end", 24.0)
+    with pytest.raises(ConfigError, match="end_smoothing_windows=-1"):
+        SpikeDetector(labels=LABELS, params=dataclasses.replace(fast, end_smoothing_windows=-1))

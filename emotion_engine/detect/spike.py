@@ -24,7 +24,10 @@ Rules, per emotion (all scores are probabilities 0..1, all times seconds of call
   shorter than ``min_duration_s`` are never reported. Detection delay is
   ``detected_at - t`` (about ``min_duration_s``).
 - end rule (hysteresis): the spike ends at the first speech window whose smoothed
-  score is ``< off_threshold`` (``reason="score_fell"``, ``t`` = that window), or when
+  score is ``< off_threshold`` (``reason="score_fell"``, ``t`` = that window); with
+  ``end_smoothing_windows`` > 0 that score is the mean of the confirmed spike's last
+  ``end_smoothing_windows`` speech windows since its onset instead (a candidate is
+  still dropped on the start's average). Or it ends when
   no speech has been heard for ``silence_end_s`` (``reason="silence"``, ``t`` = the
   last speech window), or at :meth:`SpikeDetector.finish` (``reason="call_end"``).
 - cool-down: no new candidate for ``cooldown_s`` after a spike's end.
@@ -82,6 +85,11 @@ def validate_detector_params(params: DetectorParams) -> None:
             f"DetectorParams.off_threshold={params.off_threshold!r} must not exceed "
             f"early_on_threshold={params.early_on_threshold!r}"
         )
+    if params.end_smoothing_windows < 0:
+        raise ConfigError(
+            f"DetectorParams.end_smoothing_windows={params.end_smoothing_windows!r} must be "
+            ">= 0 (0: the same windows as smoothing_windows)"
+        )
     if params.smoothing_windows < 1:
         raise ConfigError(
             f"DetectorParams.smoothing_windows={params.smoothing_windows!r} must be >= 1"
@@ -112,6 +120,8 @@ class _Track:
     def reset(self) -> None:
         self.state = SpikeState.IDLE
         self.recent: deque[float] = deque(maxlen=self.p.smoothing_windows)
+        # raw scores since the current spike's onset, for the end rule
+        self.since_onset: deque[float] = deque(maxlen=max(1, self.p.end_smoothing_windows))
         self.smoothed: float | None = None
         self.baseline = 0.0
         self.n_baseline = 0
@@ -201,17 +211,25 @@ class _Track:
                 self.onset_t = t
                 self.onset_baseline = self.baseline
                 self.peak = smoothed
+                self.since_onset.clear()
+                self.since_onset.append(raw)
                 return self._maybe_confirm(ctx, t, smoothed)
             self._learn_baseline(raw)
             return []
+        self.since_onset.append(raw)
+        ending = smoothed
+        if self.p.end_smoothing_windows:
+            ending = sum(self.since_onset) / len(self.since_onset)
         if self.state is SpikeState.CANDIDATE:
+            # a candidate is judged on the start's own (short) average: the end rule's
+            # longer one would let brief peaks through to a confirmed spike
             if smoothed < self.p.off_threshold:
                 self.state = SpikeState.IDLE
                 return []
             self.peak = max(self.peak, smoothed)
             return self._maybe_confirm(ctx, t, smoothed)
         if self.state is SpikeState.ACTIVE:
-            if smoothed < self.p.off_threshold:
+            if ending < self.p.off_threshold:
                 return [self._end(ctx, t, t, "score_fell")]
             self.peak = max(self.peak, smoothed)
         return []

@@ -106,6 +106,7 @@ class GridPoint:
     min_duration_s: float
     off_threshold: float | None = None
     early_on_threshold: float | None = None
+    end_smoothing_windows: int | None = None
 
     @property
     def off(self) -> float:
@@ -128,6 +129,9 @@ class GridPoint:
             early_on_threshold=self.early,
             smoothing_windows=self.smoothing_windows,
             min_duration_s=self.min_duration_s,
+            end_smoothing_windows=(
+                0 if self.end_smoothing_windows is None else self.end_smoothing_windows
+            ),
         )
 
     def key(self) -> str:
@@ -136,6 +140,7 @@ class GridPoint:
             f"smooth={self.smoothing_windows} min={self.min_duration_s:g}s"
             + ("" if self.off_threshold is None else f" off={self.off_threshold:.2f}")
             + ("" if self.early_on_threshold is None else f" early={self.early_on_threshold:.2f}")
+            + ("" if self.end_smoothing_windows is None else f" end={self.end_smoothing_windows}")
         )
 
 
@@ -167,6 +172,7 @@ def grid_point_of(params: DetectorParams) -> GridPoint:
         early_on_threshold=(
             None if params.early_on_threshold == plain.early else params.early_on_threshold
         ),
+        end_smoothing_windows=params.end_smoothing_windows or None,
     )
 
 
