@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,6 +119,16 @@ def pin_to_one_core(cpu: int | None = None) -> int:
         raise SystemExit(f"cpu {chosen} is not available to this process (allowed: {allowed})")
     os.sched_setaffinity(0, {chosen})
     return chosen
+
+
+def best_cpu_s(fn: Callable[[], object], *, repeats: int) -> float:
+    """Least CPU time of ``repeats`` calls of ``fn`` (the least disturbed one)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        best = min(best, time.process_time() - start)
+    return best
 
 
 def summarize_ms(*, seconds: Sequence[float] | NDArray[np.floating]) -> dict[str, float | int]:

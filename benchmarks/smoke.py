@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from benchmarks._common import (
     CHUNK_S,
     TICK_CHUNKS,
     add_common_arguments,
+    best_cpu_s,
     demo_pcm,
     emit,
     format_table,
@@ -52,16 +53,6 @@ MIN_BATCHING_SCALING = 0.5
 FEW_LEGS = 10
 MANY_LEGS = 300
 AUDIO_S = 2.0  # per leg: windows at 1.0, 1.5 and 2.0 s, so scoring is in the mix
-
-
-def _best_cpu_s(fn: Callable[[], object], *, repeats: int) -> float:
-    """Least CPU time of ``repeats`` calls (the least disturbed one)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        best = min(best, time.process_time() - start)
-    return best
 
 
 def _speech_frames(*, n_frames: int) -> NDArray[np.float32]:
@@ -104,8 +95,8 @@ def measure(*, n_frames: int = 256, n_reference_frames: int = 64) -> dict[str, A
     ref_frames = frames[:n_reference_frames]
     compute_lld(frames=frames[:8])  # build the tables outside the timing
     reference_lld(frames=ref_frames[:2])
-    ours_s = _best_cpu_s(lambda: compute_lld(frames=frames), repeats=7) / n_frames
-    ref_s = _best_cpu_s(lambda: reference_lld(frames=ref_frames), repeats=3) / n_reference_frames
+    ours_s = best_cpu_s(lambda: compute_lld(frames=frames), repeats=7) / n_frames
+    ref_s = best_cpu_s(lambda: reference_lld(frames=ref_frames), repeats=3) / n_reference_frames
     few = _engine_cost_per_leg_s(n_legs=FEW_LEGS, repeats=5)
     many = _engine_cost_per_leg_s(n_legs=MANY_LEGS, repeats=2)
     frames_per_s = 8000 / 80

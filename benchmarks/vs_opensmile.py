@@ -28,7 +28,7 @@ import argparse
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 from benchmarks._common import (
     TICK_CHUNKS,
     add_common_arguments,
+    best_cpu_s,
     demo_pcm,
     emit,
     format_table,
@@ -52,15 +53,6 @@ SR = 8000
 HOP = 80
 FRAME = 200
 N_FFT = 256
-
-
-def _best_cpu_s(fn: Callable[[], object], *, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        best = min(best, time.process_time() - start)
-    return best
 
 
 def opensmile_lld(*, samples: NDArray[np.float32]) -> object:
@@ -191,20 +183,20 @@ def run(*, seconds: float, repeats: int, legs: int) -> dict[str, Any]:
         fn(samples=samples[: 2 * SR])
     cost: dict[str, float] = {}
     progress(NAME, f"cpu {cpu}: {audio_s:g} s of audio, best of {repeats}")
-    cost["ours_lld"] = _best_cpu_s(lambda: ours_lld(samples=samples), repeats=repeats) / audio_s
+    cost["ours_lld"] = best_cpu_s(lambda: ours_lld(samples=samples), repeats=repeats) / audio_s
     cost["ours_features"] = (
-        _best_cpu_s(lambda: ours_features(samples=samples), repeats=repeats) / audio_s
+        best_cpu_s(lambda: ours_features(samples=samples), repeats=repeats) / audio_s
     )
     progress(NAME, "openSMILE eGeMAPS LLD")
     cost["opensmile_egemaps_lld"] = (
-        _best_cpu_s(lambda: opensmile_lld(samples=samples), repeats=repeats) / audio_s
+        best_cpu_s(lambda: opensmile_lld(samples=samples), repeats=repeats) / audio_s
     )
     progress(NAME, f"engine, {legs} legs batched")
     cost["ours_engine_batched"] = min(
         engine_cost_per_audio_s(pcm=pcm, n_legs=legs) for _ in range(max(1, repeats - 1))
     )
     progress(NAME, "librosa (pyin is slow: one repeat)")
-    cost["librosa"] = _best_cpu_s(lambda: librosa_lld(samples=samples), repeats=1) / audio_s
+    cost["librosa"] = best_cpu_s(lambda: librosa_lld(samples=samples), repeats=1) / audio_s
     opensmile = cost["opensmile_egemaps_lld"]
     ratios = {
         "opensmile_lld / ours_lld": opensmile / cost["ours_lld"],
