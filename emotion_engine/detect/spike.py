@@ -216,11 +216,8 @@ class _Track:
                 return self._maybe_confirm(ctx, t, smoothed)
             self._learn_baseline(raw)
             return []
-        self.since_onset.append(raw)
-        ending = smoothed
-        if self.p.end_smoothing_windows:
-            ending = sum(self.since_onset) / len(self.since_onset)
         if self.state is SpikeState.CANDIDATE:
+            self.since_onset.append(raw)
             # a candidate is judged on the start's own (short) average: the end rule's
             # longer one would let brief peaks through to a confirmed spike
             if smoothed < self.p.off_threshold:
@@ -229,6 +226,10 @@ class _Track:
             self.peak = max(self.peak, smoothed)
             return self._maybe_confirm(ctx, t, smoothed)
         if self.state is SpikeState.ACTIVE:
+            self.since_onset.append(raw)
+            ending = smoothed
+            if self.p.end_smoothing_windows:
+                ending = sum(self.since_onset) / len(self.since_onset)
             if ending < self.p.off_threshold:
                 return [self._end(ctx, t, t, "score_fell")]
             self.peak = max(self.peak, smoothed)
