@@ -177,7 +177,8 @@ def _parabola(
     left: np.float32, mid: np.float32, right: np.float32
 ) -> tuple[np.float32, np.float32]:
     """Vertex (offset in -1..1, value) of the parabola through three equally spaced
-    points, as ``lld._parabola`` computed it in float32; flat points keep the middle."""
+    points, in float32 (as the numpy YIN did before these kernels); flat points keep the
+    middle."""
     curvature = left - np.float32(2.0) * mid + right
     shift = np.float32(0.0)
     if abs(curvature) > np.float32(1e-12):
