@@ -165,15 +165,23 @@ def split_features(
     return Features(test=test, train=train, baseline=baseline)
 
 
+def training_rows(dataset: Dataset, feats: Features, idx: NDArray[np.int64]) -> dict[str, Any]:
+    """The keyword rows :func:`fit_model` takes for clips ``idx``: each clip twice, its
+    mu-law copy then its augmented copy (as ``train`` stacks them). ``x``: (2 n, f);
+    ``y``, ``arousal``, ``corpus``: (2 n,)."""
+    return {
+        "x": np.concatenate([feats.test[idx], feats.train[idx]]),
+        "y": np.tile(dataset.y[idx], 2),
+        "arousal": np.tile(dataset.arousal[idx], 2),
+        "corpus": np.tile(dataset.corpus[idx], 2),
+    }
+
+
 def _fit_ours(
     dataset: Dataset, feats: Features, idx: NDArray[np.int64], *, candidate: str, seed: int
 ) -> FittedModel:
-    x = np.concatenate([feats.test[idx], feats.train[idx]])
     return fit_model(
-        x=x,
-        y=np.tile(dataset.y[idx], 2),
-        arousal=np.tile(dataset.arousal[idx], 2),
-        corpus=np.tile(dataset.corpus[idx], 2),
+        **training_rows(dataset, feats, idx),
         labels=dataset.labels,
         candidate=candidate,
         seed=seed,

@@ -226,15 +226,6 @@ def replay_spikes(
 # -- models: the shipped recipe without the held-out corpus -------------------------------
 
 
-def _rows_for(idx: NDArray[np.int64], dataset: Dataset, feats: Any) -> dict[str, Any]:
-    return {
-        "x": np.concatenate([feats.test[idx], feats.train[idx]]),
-        "y": np.tile(dataset.y[idx], 2),
-        "arousal": np.tile(dataset.arousal[idx], 2),
-        "corpus": np.tile(dataset.corpus[idx], 2),
-    }
-
-
 def oof_temperature(
     dataset: Dataset, feats: Any, train_idx: NDArray[np.int64], *, seed: int
 ) -> tuple[float, int]:
@@ -242,6 +233,7 @@ def oof_temperature(
     (5 folds by speaker; mu-law copies scored). Returns (T, clips scored)."""
     from sklearn.model_selection import GroupKFold
 
+    from emotion_engine.training.evaluate import training_rows
     from emotion_engine.training.train import fit_model
 
     labelled = train_idx[dataset.y[train_idx] != NO_LABEL]
@@ -252,7 +244,9 @@ def oof_temperature(
         # of other speakers stay, as in the shipped recipe
         scored_speakers = np.unique(dataset.speaker[labelled[score_part]])
         fit_idx = train_idx[~np.isin(dataset.speaker[train_idx], scored_speakers)]
-        fitted = fit_model(**_rows_for(fit_idx, dataset, feats), labels=dataset.labels, seed=seed)
+        fitted = fit_model(
+            **training_rows(dataset, feats, fit_idx), labels=dataset.labels, seed=seed
+        )
         probs[score_part] = fitted.predict_proba(feats.test[labelled[score_part]])
     return fit_temperature(y_true=dataset.y[labelled], probabilities=probs), int(labelled.size)
 
@@ -262,9 +256,10 @@ def train_without(
 ) -> tuple[EmotionModel, Any]:
     """The shipped recipe on ``train_idx`` only, exported and loaded like the shipped model."""
     from emotion_engine.features.functionals import FUNCTIONAL_NAMES
+    from emotion_engine.training.evaluate import training_rows
     from emotion_engine.training.train import fit_model, save_model
 
-    rows = _rows_for(train_idx, dataset, feats)
+    rows = training_rows(dataset, feats, train_idx)
     fitted = fit_model(**rows, labels=dataset.labels, seed=seed)
     path = save_model(
         fitted,
