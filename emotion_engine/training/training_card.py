@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from emotion_engine.errors import DatasetError
 from emotion_engine.model.manifest import ModelManifest
 from emotion_engine.training.data import NO_LABEL, Dataset
 from emotion_engine.training.metrics import confusion_matrix, recalls, roc_auc, uar
@@ -74,7 +75,7 @@ def speaker_cv(
                 candidate=candidate,
                 seed=seed,
             )
-        except Exception:  # a fold without some class: the estimate skips it, and says so
+        except DatasetError:  # a fold without some class: the estimate skips it, and says so
             skipped_folds += 1
             continue
         p = fitted.predict_proba(x[test_clips])
