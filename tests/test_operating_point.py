@@ -190,3 +190,25 @@ def test_budgets_nested_choice_table_and_plot(tmp_path: Path) -> None:
     assert "| 2/h | raw |" in table and "80 % (8/10), 20.0/h" in table
     plot_tradeoff(result, tmp_path / "tradeoff.png")
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
+
+
+def test_a_bad_detector_setting_is_one_error_line() -> None:
+    """``--extra`` (operating_point) and ``--detector`` (stitched) typos: exit 1 with one
+    ``error:`` line naming the setting, before any data is read."""
+    import subprocess
+    import sys
+
+    for module, option, value, says in (
+        ("operating_point", "--extra", "on_treshold=0.7", "unknown key 'on_treshold'"),
+        ("stitched", "--detector", "on_threshold=high", "is not a valid float"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", f"emotion_engine.training.{module}", option, value],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: detector setting") and says in result.stderr

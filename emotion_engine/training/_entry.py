@@ -1,4 +1,4 @@
-"""``python -m emotion_engine.training.<module>`` entry point shared by train and evaluate."""
+"""``python -m emotion_engine.training.<module>`` entry points: one error handling for all."""
 
 from __future__ import annotations
 
@@ -24,8 +24,14 @@ def run_module(
         prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_arguments(parser)
+    exit_with(lambda: main(parser.parse_args()))
+
+
+def exit_with(main: Callable[[], int]) -> NoReturn:
+    """Run ``main`` and exit with its status; an engine error (a bad setting, missing
+    data) is one ``error:`` line and exit 1, not a traceback."""
     try:
-        sys.exit(main(parser.parse_args()))
+        sys.exit(main())
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -395,4 +395,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from emotion_engine.training._entry import exit_with
+
+    exit_with(main)
