@@ -352,10 +352,10 @@ def test_fast_path_matches_the_general_path_on_the_captures(capture: str) -> Non
     replay_both(read_pcap(DATA / capture))
 
 
-def test_fast_path_matches_the_general_path_on_shuffled_mixed_streams() -> None:
+def shuffled_mixed_records() -> list[tuple[float, tuple[str, int], bytes]]:
     """Legs in both codecs (one switching codec midway), counters wrapping, packets
     reordered, duplicated and dropped, an empty payload, comfort noise, DTMF, a sender
-    restart, more legs than allowed, and fuzzed junk in between."""
+    restart, more legs than allowed (8), and fuzzed junk in between."""
     rng = random.Random(11)
     streams: list[list[bytes]] = [
         stream(0x100, 120, seq0=65500, ts0=2**32 - 4000),
@@ -391,11 +391,69 @@ def test_fast_path_matches_the_general_path_on_shuffled_mixed_streams() -> None:
             arrivals[i] = arrivals[i + 1]
         elif r < 0.1:
             arrivals[i] = b""
-    records = [(i * 0.001, ("198.51.100.7", 5004), a) for i, a in enumerate(arrivals)]
+    return [(i * 0.001, ("198.51.100.7", 5004), a) for i, a in enumerate(arrivals)]
+
+
+def test_fast_path_matches_the_general_path_on_shuffled_mixed_streams() -> None:
+    records = shuffled_mixed_records()
     out = feed(RtpIngest(max_legs=8), records)
     assert sum(isinstance(o, AudioChunk) for o in out) > 300  # the fast path had work
     assert any("legs already open" in getattr(o, "message", "") for o in out)
     replay_both(records)
+
+
+def test_coalesced_audio_is_the_per_packet_audio_held_until_taken() -> None:
+    """``coalesce_audio``: the same audio, timeline and events as one chunk per packet;
+    each leg's held audio comes out at ``take_audio`` (here every 37 datagrams) and
+    before the leg's ``LegEnded``, whether that is a rename, a hang-up or a timeout."""
+    records = shuffled_mixed_records()
+    addr = records[0][1]
+    plain, held = RtpIngest(max_legs=8), RtpIngest(max_legs=8, coalesce_audio=True)
+    want: list[IngestOutput] = []
+    got: list[IngestOutput] = []
+    for i, (now, peer, data) in enumerate(records):
+        want += plain.receive_datagram(data, peer, now)
+        got += held.receive_datagram(data, peer, now)
+        if i % 37 == 0:
+            assert plain.take_audio() == []
+            got += held.take_audio()
+        if i == 700:  # a running leg renamed, another hung up
+            want += plain.name_leg(addr, 0x100, "renamed", "agent")
+            got += held.name_leg(addr, 0x100, "renamed", "agent")
+            want += plain.end_leg(addr, 0x200)
+            got += held.end_leg(addr, 0x200)
+    end = records[-1][0] + 10.0
+    want += plain.poll(end)
+    got += held.poll(end)
+    assert held.take_audio() == []  # the timeouts handed everything out
+
+    def events(out: list[IngestOutput]) -> list[IngestOutput]:
+        return [o for o in out if not isinstance(o, AudioChunk)]
+
+    assert events(got) == events(want)
+    assert any(isinstance(o, LegEnded) and o.reason == "renamed" for o in got)
+    names = {(o.call_id, o.party) for o in want if isinstance(o, AudioChunk)}
+    assert len(names) >= 5
+    n_held = sum(isinstance(o, AudioChunk) for o in got)
+    assert n_held < sum(isinstance(o, AudioChunk) for o in want) / 3
+    for name in names:
+        plain_chunks = [
+            o for o in want if isinstance(o, AudioChunk) and (o.call_id, o.party) == name
+        ]
+        held_chunks = [o for o in got if isinstance(o, AudioChunk) and (o.call_id, o.party) == name]
+        assert len(held_chunks) <= len(plain_chunks)
+        np.testing.assert_array_equal(
+            np.concatenate([c.pcm for c in held_chunks]),
+            np.concatenate([c.pcm for c in plain_chunks]),
+        )
+        # every held chunk starts where a per-packet chunk started, at the same time
+        assert {c.t for c in held_chunks} <= {c.t for c in plain_chunks}
+        # nothing of a leg comes after its end
+        ended = [
+            i for i, o in enumerate(got) if isinstance(o, LegEnded) and (o.call_id, o.party) == name
+        ]
+        last_audio = max(i for i, o in enumerate(got) if o in held_chunks)
+        assert ended and last_audio < ended[0]
 
 
 # -- leg bookkeeping ----------------------------------------------------------------------

@@ -25,12 +25,21 @@ from emotion_engine.publish.metrics import Metrics
 
 
 class FakeService:
-    """What the reader uses of EngineService: ``submit`` and ``metrics``."""
+    """What the reader uses of EngineService: ``submit``, ``metrics`` and
+    ``add_step_listener`` (``step(running)`` plays the engine's step notices)."""
 
     def __init__(self) -> None:
         self.metrics = Metrics()
         self.batches: list[tuple[float, list[IngestOutput]]] = []
         self.changed = asyncio.Event()
+        self.step_listeners: list[Callable[[bool], None]] = []
+
+    def add_step_listener(self, listener: Callable[[bool], None]) -> None:
+        self.step_listeners.append(listener)
+
+    def step(self, running: bool) -> None:
+        for listener in self.step_listeners:
+            listener(running)
 
     def submit(self, outputs: list[IngestOutput], *, source: str) -> None:
         assert source == "rtp"
@@ -102,6 +111,40 @@ def test_drains_many_datagrams_per_wake_up_in_order() -> None:
         assert [c.t for c in chunks] == pytest.approx([i * 0.02 for i in range(397)])
         want = ulaw_decode(np.frombuffer(b"".join(p[12:] for p in sent[:397]), np.uint8))
         np.testing.assert_array_equal(np.concatenate([c.pcm for c in chunks]), want)
+
+
+def test_does_not_read_while_the_engine_runs_a_step() -> None:
+    stream, other = packets(5, 20), packets(6, 1)
+
+    async def main() -> tuple[int, int, int, int]:
+        reader, service, client, port = start(RtpIngest(jitter_depth_packets=0))
+        client.sendto(stream[0], ("127.0.0.1", port))
+        await service.until(lambda: len(service.outputs()) == 2)  # LegStarted + chunk
+        service.step(True)
+        for datagram in stream[1:]:
+            client.sendto(datagram, ("127.0.0.1", port))
+        await asyncio.sleep(0.2)  # 40 pauses' worth: the reader would have run by now
+        during_step = len(service.outputs())
+        service.step(False)
+        await service.until(lambda: len(service.outputs()) == 21)
+        after = len(service.outputs())
+        # A step that starts while the reader pauses between wake-ups: the pause's
+        # timer fires during the step and must not start reading either.
+        service.step(True)
+        client.sendto(other[0], ("127.0.0.1", port))
+        await asyncio.sleep(0.1)
+        during_second_step = len(service.outputs())
+        service.step(False)
+        await service.until(lambda: len(service.outputs()) == 23)
+        reader.close()
+        client.close()
+        return during_step, after, during_second_step, len(service.outputs())
+
+    during_step, after, during_second_step, final = asyncio.run(main())
+    assert during_step == 2  # the 19 datagrams waited in the kernel
+    assert after == 21  # and were all read once the step ended
+    assert during_second_step == 21
+    assert final == 23  # the new leg's LegStarted and chunk, read after the step
 
 
 def test_pauses_between_wake_ups(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -78,6 +78,8 @@ class EngineService:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._step_listeners: list[Callable[[bool], None]] = []
+        self._sources: list[tuple[Callable[[], list[IngestOutput]], str]] = []
         # --- party filter and event processors (issue 6) ---
         self.parties: frozenset[str] = frozenset(PARTIES)
         self.chunks_not_analysed = 0
@@ -147,6 +149,18 @@ class EngineService:
         """Call ``listener`` with every published event (console cues, tests)."""
         self._listeners.append(listener)
 
+    def add_source(self, take: Callable[[], list[IngestOutput]], *, source: str) -> None:
+        """Call ``take()`` on the event loop at every tick, just before the queued
+        commands go to the engine, and submit what it returns: for an ingest that holds
+        its audio and hands it over once per tick (``RtpIngest(coalesce_audio=True)``)."""
+        self._sources.append((take, source))
+
+    def add_step_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(True)`` on the event loop just before a step starts on the
+        worker thread and ``listener(False)`` once it has ended (before its events are
+        published). The RTP reader pauses in between: see ``server._RtpReader``."""
+        self._step_listeners.append(listener)
+
     def add_processor(self, processor: Callable[[dict[str, Any]], list[Event]]) -> None:
         """Feed every published event to ``processor`` (on the event loop, so it must be
         cheap); the events it returns are published right after the one that caused
@@ -164,6 +178,7 @@ class EngineService:
         self._stopping = True
         if self._task is not None:
             await self._task
+        self._take_sources()
         commands, self._commands = self._commands, []
         events = await asyncio.get_running_loop().run_in_executor(
             self._executor, self._step, commands, True
@@ -181,11 +196,32 @@ class EngineService:
                 await asyncio.sleep(delay)
             else:  # a step overran the tick: skip ahead instead of bursting
                 next_tick = loop.time()
+            self._take_sources()
             if not self._commands:
                 continue
             commands, self._commands = self._commands, []
-            events = await loop.run_in_executor(self._executor, self._step, commands, False)
+            self._notify_step(True)
+            try:
+                events = await loop.run_in_executor(self._executor, self._step, commands, False)
+            finally:
+                self._notify_step(False)
             self._publish(events)
+
+    def _take_sources(self) -> None:
+        for take, source in self._sources:
+            try:
+                outputs = take()
+            except Exception:  # a bug in one ingest must not stop the ticks
+                log.exception("%s: taking held audio failed", source)
+                continue
+            self.submit(outputs, source=source)
+
+    def _notify_step(self, running: bool) -> None:
+        for listener in self._step_listeners:
+            try:
+                listener(running)
+            except Exception:
+                log.exception("step listener failed")
 
     def _publish(self, events: list[Event]) -> None:
         pending = deque(events)

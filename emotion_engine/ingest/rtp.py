@@ -237,6 +237,9 @@ class _Leg:
     jitter: JitterBuffer
     last_seen: float
     dtmf_timestamps: set[int] = field(default_factory=set)
+    # coalesce_audio: released audio not yet handed out, and its first timestamp
+    held: list[NDArray[np.int16]] = field(default_factory=list)
+    held_ts: int = 0
 
 
 LegKey = tuple[tuple[str, int], int | None]
@@ -252,6 +255,13 @@ class RtpIngest:
     101 in SDP; None to treat them as unsupported). ``max_legs``: legs alive at once;
     packets for more are dropped with a violation (a spoofed-SSRC flood must not eat
     memory).
+
+    ``coalesce_audio``: hold each leg's released audio instead of returning one
+    ``AudioChunk`` per packet; :meth:`take_audio` then returns one chunk per leg with
+    everything held (the server calls it once per engine tick). A leg's held audio
+    always comes out before its ``LegEnded`` (timeout, hang-up, rename, close), so
+    nothing is lost or reordered. At 500 legs that is 25,000 chunks a second fewer to
+    build, queue and push one by one.
     """
 
     def __init__(
@@ -262,6 +272,7 @@ class RtpIngest:
         party: str = "customer",
         dtmf_payload_type: int | None = 101,
         max_legs: int = 1000,
+        coalesce_audio: bool = False,
     ) -> None:
         if leg_timeout_s <= 0:
             raise ConfigError(f"leg_timeout_s must be > 0, got {leg_timeout_s}")
@@ -272,6 +283,7 @@ class RtpIngest:
         self.party = party
         self.dtmf_payload_type = dtmf_payload_type
         self.max_legs = max_legs
+        self.coalesce_audio = coalesce_audio
         self.rtcp_ignored = 0
         self._lost_in_ended_legs = 0
         self._legs: dict[tuple[tuple[str, int], int], _Leg] = {}
@@ -316,6 +328,7 @@ class RtpIngest:
                 continue
             if (leg.call_id, leg.party) == (call_id, party):
                 continue
+            self._release_held(leg, out)
             out.append(LegEnded(leg.call_id, leg.party, reason="renamed"))
             leg.call_id, leg.party = call_id, party
             out.append(self._leg_started(leg, t=self._position(leg)))
@@ -331,6 +344,16 @@ class RtpIngest:
         out: list[IngestOutput] = []
         for key in list(self._legs):
             out.extend(self._end(key, reason))
+        return out
+
+    def take_audio(self) -> list[IngestOutput]:
+        """With ``coalesce_audio``: one ``AudioChunk`` per leg holding audio, with all
+        of it (contiguous by construction), and nothing held afterwards. Without it:
+        always [] (the chunks came out of :meth:`receive_datagram`)."""
+        out: list[IngestOutput] = []
+        for leg in self._legs.values():
+            if leg.held:
+                self._release_held(leg, out)
         return out
 
     # -- introspection ------------------------------------------------------------
@@ -444,14 +467,34 @@ class RtpIngest:
     ) -> None:
         if not released:
             return
-        first = leg.jitter.first_timestamp
-        assert first is not None  # something was released, so the timeline has an origin
+        if self.coalesce_audio:
+            held = leg.held
+            if not held:
+                leg.held_ts = released[0][0]
+            for _, piece in released:
+                held.append(piece)
+            return
         # Released pieces are contiguous by construction: one chunk per call is enough.
         pcm = released[0][1] if len(released) == 1 else np.concatenate([p for _, p in released])
+        self._chunk(leg, released[0][0], pcm, out)
+
+    def _release_held(self, leg: _Leg, out: list[IngestOutput]) -> None:
+        held = leg.held
+        if held:
+            pcm = held[0] if len(held) == 1 else np.concatenate(held)
+            held.clear()
+            self._chunk(leg, leg.held_ts, pcm, out)
+
+    def _chunk(
+        self, leg: _Leg, timestamp: int, pcm: NDArray[np.int16], out: list[IngestOutput]
+    ) -> None:
         if pcm.size == 0:
             return
-        t = (released[0][0] - first) / CLOCK_RATE
-        out.append(AudioChunk(leg.call_id, leg.party, t, pcm, CLOCK_RATE))
+        first = leg.jitter.first_timestamp
+        assert first is not None  # something was released, so the timeline has an origin
+        out.append(
+            AudioChunk(leg.call_id, leg.party, (timestamp - first) / CLOCK_RATE, pcm, CLOCK_RATE)
+        )
 
     def _telephone_event(self, leg: _Leg, packet: RtpPacket) -> list[IngestOutput]:
         payload = packet.payload
@@ -482,6 +525,7 @@ class RtpIngest:
         leg = self._legs.pop(key)
         out: list[IngestOutput] = []
         self._chunks(leg, leg.jitter.flush(), out)
+        self._release_held(leg, out)
         out.append(LegEnded(leg.call_id, leg.party, reason=reason))
         self._ended_stats[leg.call_id] = leg.jitter.stats
         self._lost_in_ended_legs += leg.jitter.stats.lost
