@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import sys
@@ -240,6 +239,7 @@ async def _stream_demo(server: Any, params: ServeParams) -> None:
 async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = False) -> int:
     from emotion_engine.config import engine_params_with_detector
     from emotion_engine.detect.spike import validate_detector_params
+    from emotion_engine.engine.gc_tuning import tune_gc_for_serving
     from emotion_engine.engine.pipeline import Engine
     from emotion_engine.engine.service import EngineService
     from emotion_engine.features import compile_kernels
@@ -270,7 +270,7 @@ async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = F
         service.add_listener(show)
     server = EngineServer(params=params, service=service)
     addresses = await server.start()
-    _tune_gc_for_serving()
+    tune_gc_for_serving()  # everything long-lived exists now: see gc_tuning
     print(
         f"emotion-engine serving with model {model.onnx_path.name} ({', '.join(model.labels)})",
         flush=True,
@@ -291,25 +291,6 @@ async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = F
             await demo_task
     await server.stop()
     return 0
-
-
-GC_GEN0_THRESHOLD = 20_000
-"""Allocations between young-generation collections while serving (CPython's default
-is 700). Every RTP packet allocates a handful of short-lived containers, so at the
-default the collector ran ~100 times a second at 500 legs; nearly all of that garbage is
-freed by reference counting anyway. Measured in process at 500 legs: ~10 % less CPU."""
-
-
-def _tune_gc_for_serving() -> None:
-    """Once started: move everything that lives for the whole run (modules, the model,
-    the tables, the server's own objects) out of the collector's sight with
-    ``gc.freeze()``, so full collections only walk what calls allocate, and collect
-    the young generation less often (:data:`GC_GEN0_THRESHOLD`). Cycles are still
-    collected, only in larger batches."""
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def add_mic_arguments(parser: argparse.ArgumentParser) -> None:
