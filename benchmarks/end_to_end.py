@@ -1,6 +1,6 @@
 """End to end over the network: N RTP legs into ``serve``, delay to the event, find the knee.
 
-    python -m benchmarks.end_to_end [--quick | --full] [--legs 50 100 200 400] [--seconds 10]
+    python -m benchmarks.end_to_end [--quick | --full] [--legs 100 200 300 400 500 600] [--seconds 10]
 
 For each N, on loopback:
 
@@ -501,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.full:
         legs, seconds = [50, 100, 200, 300, 400, 500, 600, 800, 1000], 20.0
     else:
-        legs, seconds = [50, 100, 200, 400], 10.0
+        legs, seconds = [100, 200, 300, 400, 500, 600], 10.0
     result = run(legs=args.legs or legs, seconds=args.seconds or seconds, warm_up=not args.cold)
     emit(NAME, result, args=args, table=table(result), started=started)
     return 0

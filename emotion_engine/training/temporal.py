@@ -636,6 +636,117 @@ def four_class_corpora(dataset: Dataset) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------------------------------
+# late fusion (numpy only)
+
+EQUAL_FUSION_WEIGHT = 0.5
+FUSION_WEIGHT_GRID: tuple[float, ...] = tuple(k / 10 for k in range(11))
+"""Temporal weights tried when the weight is chosen on the training corpora (0 = the
+functionals model alone, 1 = the temporal network alone)."""
+
+
+class FusionAlignmentError(ConfigError):
+    """Two systems' clip probabilities do not describe the same clips, labels and label order."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClipProbabilities:
+    """One system's per-clip class probabilities on one test set.
+
+    ``clip_ids``: n clip identifiers (the clips' file paths) in row order; ``y``: (n,) int64
+    true labels; ``probabilities``: (n, len(labels)) float64, column ``k`` is ``labels[k]``.
+    """
+
+    clip_ids: tuple[str, ...]
+    y: NDArray[np.int64]
+    probabilities: NDArray[np.float64]
+    labels: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.clip_ids)
+        if self.y.shape != (n,) or self.probabilities.shape != (n, len(self.labels)):
+            raise ConfigError(
+                f"{n} clip ids, y {self.y.shape} and probabilities {self.probabilities.shape} "
+                f"for {len(self.labels)} labels do not match"
+            )
+
+
+def fuse_probabilities(
+    *, temporal: ClipProbabilities, functionals: ClipProbabilities, temporal_weight: float
+) -> ClipProbabilities:
+    """Late fusion: ``temporal_weight * temporal + (1 - temporal_weight) * functionals``,
+    clip by clip: two (n, n_classes) -> (n, n_classes).
+
+    Raises :class:`FusionAlignmentError` unless both hold the same clips in the same
+    order, with the same labels in the same column order: averaging row ``i`` of one
+    with row ``i`` of the other is only meaningful then, and a silent misalignment would
+    still give plausible-looking figures.
+    """
+    if not 0.0 <= temporal_weight <= 1.0:
+        raise ConfigError(f"temporal_weight must be in [0, 1], got {temporal_weight}")
+    if temporal.labels != functionals.labels:
+        raise FusionAlignmentError(
+            f"label order differs: {temporal.labels} vs {functionals.labels}"
+        )
+    if temporal.clip_ids != functionals.clip_ids:
+        if sorted(temporal.clip_ids) == sorted(functionals.clip_ids):
+            raise FusionAlignmentError("same clips in a different order")
+        raise FusionAlignmentError(
+            f"different clips ({len(temporal.clip_ids)} vs {len(functionals.clip_ids)})"
+        )
+    if not np.array_equal(temporal.y, functionals.y):
+        raise FusionAlignmentError("same clips with different true labels")
+    fused = (
+        temporal_weight * temporal.probabilities
+        + (1.0 - temporal_weight) * functionals.probabilities
+    )
+    return ClipProbabilities(
+        clip_ids=temporal.clip_ids, y=temporal.y, probabilities=fused, labels=temporal.labels
+    )
+
+
+def probability_metrics(clips: ClipProbabilities) -> dict[str, Any]:
+    """:func:`emotion_metrics` of one system's clip probabilities."""
+    return emotion_metrics(y_true=clips.y, probabilities=clips.probabilities, labels=clips.labels)
+
+
+def choose_fusion_weight(
+    *,
+    validation: Sequence[tuple[ClipProbabilities, ClipProbabilities]],
+    grid: Sequence[float] = FUSION_WEIGHT_GRID,
+) -> tuple[float, dict[str, float]]:
+    """The temporal weight of ``grid`` with the best mean 4-class UAR over the validation
+    sets, and that mean for every weight (keyed ``"0.3"`` etc.).
+
+    ``validation``: (temporal, functionals) clip probabilities per validation set, which
+    must come from the training corpora only. UAR is the figure the card ranks systems
+    by. Ties go to the weight nearest :data:`EQUAL_FUSION_WEIGHT`, the choice made without
+    looking at any data.
+    """
+    if not validation or not grid:
+        raise ConfigError("choosing a fusion weight needs validation sets and a grid")
+    scores: dict[str, float] = {}
+    for w in grid:
+        fused = [
+            fuse_probabilities(temporal=t, functionals=f, temporal_weight=w) for t, f in validation
+        ]
+        scores[str(w)] = float(np.mean([probability_metrics(c)["uar"] for c in fused]))
+    best = max(scores.values())
+    # exact float comparison is fine here: equal UARs come from equal confusion matrices
+    tied = [w for w in grid if scores[str(w)] == best]
+    chosen = min(tied, key=lambda w: abs(w - EQUAL_FUSION_WEIGHT))
+    return float(chosen), scores
+
+
+def summarise_blocks(per_corpus: dict[str, Any]) -> dict[str, Any]:
+    """Per-corpus metric blocks plus their mean UAR and angry AUC (the card's means)."""
+    return {
+        "per_corpus": per_corpus,
+        "uar_mean": float(np.mean([b["uar"] for b in per_corpus.values()])),
+        "angry_auc_mean": float(np.mean([b["angry_auc"] for b in per_corpus.values()])),
+    }
+
+
 def evaluate_temporal(
     *,
     dataset: Dataset,
