@@ -385,7 +385,10 @@ class RtpIngest:
             table = _DECODE_TABLES.get(data[1] & 0x7F)  # never RTCP: 192-223 are not here
             if table is not None:
                 _, _, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
-                leg = self._legs.get((_peer(addr), ssrc))
+                # An IPv4 (host, port) from recvfrom is already the key's form; building
+                # it again was ~5 % of the event loop at 500 legs (IPv6 has 4 fields).
+                peer = addr if len(addr) == 2 else _peer(addr)
+                leg = self._legs.get((peer, ssrc))
                 if leg is not None:
                     leg.last_seen = now
                     # take() with positional frombuffer arguments: 1.3 us, where

@@ -71,6 +71,8 @@ from emotion_engine.training.metrics import confusion_matrix, recalls, roc_auc, 
 if TYPE_CHECKING:
     import torch
 
+    from emotion_engine.training.evaluate import Features
+
 log = logging.getLogger(__name__)
 
 N_LLD = len(LLD_NAMES)
@@ -747,6 +749,57 @@ def summarise_blocks(per_corpus: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def temporal_clip_probabilities(
+    *,
+    dataset: Dataset,
+    test_seqs: LldSequences,
+    train_seqs: LldSequences,
+    config: TrainConfig,
+    train_rows: NDArray[np.int64],
+    test_rows: NDArray[np.int64],
+    onnx_path: Path,
+    progress: bool = True,
+    desc: str = "train",
+) -> tuple[ClipProbabilities, dict[str, Any]]:
+    """Train on clips ``train_rows`` of ``dataset``, export ONNX to ``onnx_path`` and score
+    clips ``test_rows`` through onnxruntime.
+
+    ``test_seqs``/``train_seqs``: LLD sequences of every clip of ``dataset`` (mu-law /
+    augmented); ``train_rows``, ``test_rows``: (n,) labelled clip indices. Returns the
+    clip probabilities and the split's bookkeeping (clip and window counts, ONNX vs
+    torch difference, training time).
+    """
+    started = time.monotonic()
+    train_set = TrainSet(sources=(test_seqs, train_seqs), rows=train_rows, y=dataset.y[train_rows])
+    net = train_net(train_set=train_set, config=config, progress=progress, desc=desc)
+    train_s = time.monotonic() - started
+    export_onnx(net=net, path=onnx_path, crop_frames=config.crop_frames)
+    windows, owner = eval_windows(
+        seqs=test_seqs,
+        rows=test_rows,
+        crop_frames=config.crop_frames,
+        hop_frames=config.hop_frames,
+        min_voiced_frames=config.min_voiced_frames,
+    )
+    session = onnx_session(onnx_path)
+    p_onnx = onnx_probabilities(session=session, windows=windows)
+    p_torch = torch_probabilities(net=net, windows=windows)
+    clip_p = average_windows(probabilities=p_onnx, clip_index=owner, n_clips=test_rows.size)
+    clips = ClipProbabilities(
+        clip_ids=tuple(str(dataset.clips[int(i)].path) for i in test_rows),
+        y=dataset.y[test_rows].astype(np.int64),
+        probabilities=clip_p,
+        labels=tuple(dataset.labels),
+    )
+    info = {
+        "train_clips": int(train_rows.size),
+        "test_windows": int(windows.shape[0]),
+        "onnx_vs_torch_max_abs_diff": float(np.max(np.abs(p_onnx - p_torch))),
+        "train_s": round(train_s, 1),
+    }
+    return clips, info
+
+
 def evaluate_temporal(
     *,
     dataset: Dataset,
@@ -755,92 +808,133 @@ def evaluate_temporal(
     config: TrainConfig,
     work_dir: Path,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, ClipProbabilities]]:
     """Leave-one-corpus-out: per held-out four-class corpus, train on the other corpora's
     labelled clips, export ONNX, score the held-out clips through onnxruntime.
 
     ``test_seqs``/``train_seqs``: LLD sequences of every clip of ``dataset`` (mu-law /
-    augmented). Returns per-corpus metrics, the mean UAR and AUC, and timings.
+    augmented). Returns per-corpus metrics, the mean UAR and AUC, and timings; and the
+    held-out clips' probabilities per corpus (for late fusion).
     """
-    labels = list(dataset.labels)
     labelled = dataset.y != NO_LABEL
     per_corpus: dict[str, Any] = {}
+    probabilities: dict[str, ClipProbabilities] = {}
     for name in four_class_corpora(dataset):
-        started = time.monotonic()
-        train_rows = np.flatnonzero(labelled & (dataset.corpus != name)).astype(np.int64)
-        test_rows = np.flatnonzero(labelled & (dataset.corpus == name)).astype(np.int64)
-        train_set = TrainSet(
-            sources=(test_seqs, train_seqs), rows=train_rows, y=dataset.y[train_rows]
+        clips, info = temporal_clip_probabilities(
+            dataset=dataset,
+            test_seqs=test_seqs,
+            train_seqs=train_seqs,
+            config=config,
+            train_rows=np.flatnonzero(labelled & (dataset.corpus != name)).astype(np.int64),
+            test_rows=np.flatnonzero(labelled & (dataset.corpus == name)).astype(np.int64),
+            onnx_path=work_dir / f"temporal-{config.arch}-without-{name}.onnx",
+            progress=progress,
+            desc=f"train without {name}",
         )
-        net = train_net(
-            train_set=train_set, config=config, progress=progress, desc=f"train without {name}"
-        )
-        train_s = time.monotonic() - started
-        onnx_path = work_dir / f"temporal-{config.arch}-without-{name}.onnx"
-        export_onnx(net=net, path=onnx_path, crop_frames=config.crop_frames)
-        windows, owner = eval_windows(
-            seqs=test_seqs,
-            rows=test_rows,
-            crop_frames=config.crop_frames,
-            hop_frames=config.hop_frames,
-            min_voiced_frames=config.min_voiced_frames,
-        )
-        session = onnx_session(onnx_path)
-        p_onnx = onnx_probabilities(session=session, windows=windows)
-        p_torch = torch_probabilities(net=net, windows=windows)
-        clip_p = average_windows(probabilities=p_onnx, clip_index=owner, n_clips=test_rows.size)
-        block = emotion_metrics(y_true=dataset.y[test_rows], probabilities=clip_p, labels=labels)
-        block.update(
-            {
-                "train_clips": int(train_rows.size),
-                "test_windows": int(windows.shape[0]),
-                "onnx_vs_torch_max_abs_diff": float(np.max(np.abs(p_onnx - p_torch))),
-                "train_s": round(train_s, 1),
-            }
-        )
+        block = probability_metrics(clips)
+        block.update(info)
         per_corpus[name] = block
+        probabilities[name] = clips
         log.info(
             "held out %s: UAR %.1f %%, angry AUC %.1f %% (%.0f s)",
             name,
             100 * block["uar"],
             100 * block["angry_auc"],
-            train_s,
+            info["train_s"],
         )
     if not per_corpus:
         raise DatasetError("no corpus covers all four labels: nothing to hold out")
     return {
-        "per_corpus": per_corpus,
-        "uar_mean": float(np.mean([b["uar"] for b in per_corpus.values()])),
-        "angry_auc_mean": float(np.mean([b["angry_auc"] for b in per_corpus.values()])),
+        **summarise_blocks(per_corpus),
         "train_s_total": round(sum(b["train_s"] for b in per_corpus.values()), 1),
-    }
+    }, probabilities
+
+
+def functionals_clip_probabilities(
+    *,
+    dataset: Dataset,
+    feats: Features,
+    excluded: Sequence[str],
+    test_corpus: str,
+    seed: int,
+    candidate: str,
+) -> ClipProbabilities:
+    """The functionals recipe trained on every clip of the corpora not in ``excluded``
+    (as :func:`emotion_engine.training.evaluate.make_splits` builds a LOCO split: all
+    clips, so the arousal head also learns), scoring ``test_corpus``'s labelled clips.
+
+    ``feats``: functionals of every clip of ``dataset`` (raw, normalisation none).
+    """
+    from emotion_engine.training.evaluate import training_rows
+    from emotion_engine.training.train import fit_model
+
+    train_rows = np.flatnonzero(~np.isin(dataset.corpus, list(excluded))).astype(np.int64)
+    test_rows = np.flatnonzero((dataset.corpus == test_corpus) & (dataset.y != NO_LABEL))
+    model = fit_model(
+        **training_rows(dataset, feats, train_rows),
+        labels=dataset.labels,
+        candidate=candidate,
+        seed=seed,
+    )
+    return ClipProbabilities(
+        clip_ids=tuple(str(dataset.clips[int(i)].path) for i in test_rows),
+        y=dataset.y[test_rows].astype(np.int64),
+        probabilities=np.asarray(model.predict_proba(feats.test[test_rows]), dtype=np.float64),
+        labels=tuple(dataset.labels),
+    )
 
 
 def functionals_loco(
-    *, dataset: Dataset, seed: int, corpora: Sequence[str], progress: bool
-) -> dict[str, Any]:
+    *, dataset: Dataset, feats: Features, seed: int, corpora: Sequence[str], progress: bool
+) -> tuple[dict[str, Any], dict[str, ClipProbabilities]]:
     """The shipped functionals recipe under the same LOCO splits, in this run
-    (:mod:`emotion_engine.training.evaluate`, raw functionals as the card's main table)."""
-    from emotion_engine.training.evaluate import evaluate_features, load_features
+    (:mod:`emotion_engine.training.evaluate`, raw functionals as the card's main table),
+    and its held-out clip probabilities per corpus for late fusion.
 
-    feats = load_features(dataset, seed=seed, include_baseline=False, progress=progress)
+    The probabilities come from a refit of the same split (same rows, candidate and
+    seed); their metrics must equal ``evaluate``'s, or this raises, so the fused
+    figures are known to fuse the model the functionals row reports.
+    """
+    from emotion_engine.training.evaluate import evaluate_features
+    from emotion_engine.training.train import DEFAULT_CANDIDATE
+
     results = evaluate_features(
         dataset,
         feats,
         seed=seed,
+        candidate=DEFAULT_CANDIDATE,
         compare_candidates=False,
         progress=progress,
         normalisation="none",
     )
     labels = list(dataset.labels)
     per_corpus = _loco_blocks(results, labels=labels, corpora=corpora)
+    probabilities: dict[str, ClipProbabilities] = {}
+    for name in corpora:
+        clips = functionals_clip_probabilities(
+            dataset=dataset,
+            feats=feats,
+            excluded=[name],
+            test_corpus=name,
+            seed=seed,
+            candidate=DEFAULT_CANDIDATE,
+        )
+        mine = probability_metrics(clips)
+        theirs = per_corpus[name]
+        if mine["confusion"] != theirs["confusion"] or not np.isclose(
+            mine["angry_auc"], theirs["angry_auc"], rtol=0.0, atol=1e-12
+        ):
+            raise DatasetError(
+                f"functionals refit on held-out {name} does not reproduce evaluate's figures "
+                f"(UAR {mine['uar']:.4f} vs {theirs['uar']:.4f}, "
+                f"AUC {mine['angry_auc']:.4f} vs {theirs['angry_auc']:.4f})"
+            )
+        probabilities[name] = clips
     return {
         "source": "this run (emotion_engine.training.evaluate.evaluate_features, "
         f"candidate {results['candidate']}, normalisation none)",
-        "per_corpus": per_corpus,
-        "uar_mean": float(np.mean([b["uar"] for b in per_corpus.values()])),
-        "angry_auc_mean": float(np.mean([b["angry_auc"] for b in per_corpus.values()])),
-    }
+        **summarise_blocks(per_corpus),
+    }, probabilities
 
 
 def _loco_blocks(
