@@ -12,21 +12,27 @@ from numpy.typing import NDArray
 from emotion_engine.errors import ConfigError, EngineError
 from emotion_engine.features.functionals import voiced_ratio
 from emotion_engine.features.lld import LLD_INDEX
-from emotion_engine.training.data import Clip
+from emotion_engine.training.data import NO_LABEL, Clip, Dataset
 from emotion_engine.training.featurize import degrade
 from emotion_engine.training.temporal import (
     N_LLD,
+    ClipProbabilities,
+    FusionAlignmentError,
     LldSequences,
     TorchMissingError,
     TrainConfig,
     TrainSet,
     average_windows,
+    choose_fusion_weight,
     class_weights,
     clip_lld,
     clip_windows,
     crop,
     eval_windows,
+    fuse_probabilities,
+    fusion_loco,
     lld_sequences,
+    probability_metrics,
     require_torch,
     voiced_counts,
     voiced_frames,
@@ -203,6 +209,144 @@ def test_tiny_training_exports_matching_onnx(arch: str, tmp_path: Path) -> None:
     np.testing.assert_allclose(p_onnx.sum(axis=1), 1.0, atol=1e-5)
 
 
+LABELS = ("neutral", "happy", "sad", "angry")
+
+
+def _clip_probabilities(
+    probabilities: NDArray[np.float64], y: NDArray[np.int64], *, prefix: str = "clip"
+) -> ClipProbabilities:
+    ids = tuple(f"{prefix}{k}.flac" for k in range(y.size))
+    return ClipProbabilities(clip_ids=ids, y=y, probabilities=probabilities, labels=LABELS)
+
+
+def _two_systems(seed: int = 0) -> tuple[ClipProbabilities, ClipProbabilities]:
+    """Random (temporal, functionals) probabilities for the same 40 clips, all 4 classes."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(40, dtype=np.int64) % 4
+    return (
+        _clip_probabilities(rng.dirichlet(np.ones(4), size=40), y),
+        _clip_probabilities(rng.dirichlet(np.ones(4), size=40), y),
+    )
+
+
+def test_fusion_at_the_end_weights_reproduces_each_model() -> None:
+    temporal, functionals = _two_systems()
+    for weight, alone in ((1.0, temporal), (0.0, functionals)):
+        fused = fuse_probabilities(
+            temporal=temporal, functionals=functionals, temporal_weight=weight
+        )
+        np.testing.assert_array_equal(fused.probabilities, alone.probabilities)
+        assert probability_metrics(fused) == probability_metrics(alone)
+    # the two random systems disagree, so the equal average is neither of them
+    half = fuse_probabilities(temporal=temporal, functionals=functionals, temporal_weight=0.5)
+    np.testing.assert_allclose(
+        half.probabilities, (temporal.probabilities + functionals.probabilities) / 2
+    )
+    assert probability_metrics(half) != probability_metrics(temporal)
+    assert half.clip_ids == temporal.clip_ids
+    with pytest.raises(ConfigError):
+        fuse_probabilities(temporal=temporal, functionals=functionals, temporal_weight=1.5)
+
+
+def test_fusion_refuses_misaligned_clips() -> None:
+    temporal, functionals = _two_systems()
+    reverse = slice(None, None, -1)
+    shuffled = ClipProbabilities(
+        clip_ids=functionals.clip_ids[reverse],
+        y=functionals.y[reverse],
+        probabilities=functionals.probabilities[reverse],
+        labels=LABELS,
+    )
+    with pytest.raises(FusionAlignmentError, match="different order"):
+        fuse_probabilities(temporal=temporal, functionals=shuffled, temporal_weight=0.5)
+    other = _clip_probabilities(functionals.probabilities, functionals.y, prefix="other")
+    with pytest.raises(FusionAlignmentError, match="different clips"):
+        fuse_probabilities(temporal=temporal, functionals=other, temporal_weight=0.5)
+    relabelled = ClipProbabilities(
+        clip_ids=functionals.clip_ids,
+        y=functionals.y,
+        probabilities=functionals.probabilities,
+        labels=("happy", "neutral", "sad", "angry"),
+    )
+    with pytest.raises(FusionAlignmentError, match="label order"):
+        fuse_probabilities(temporal=temporal, functionals=relabelled, temporal_weight=0.5)
+    wrong_truth = _clip_probabilities(functionals.probabilities, (functionals.y + 1) % 4)
+    with pytest.raises(FusionAlignmentError, match="true labels"):
+        fuse_probabilities(temporal=temporal, functionals=wrong_truth, temporal_weight=0.5)
+    assert issubclass(FusionAlignmentError, EngineError)
+    with pytest.raises(ConfigError):
+        ClipProbabilities(
+            clip_ids=("a",),
+            y=np.zeros(2, dtype=np.int64),
+            probabilities=np.zeros((2, 4)),
+            labels=LABELS,
+        )
+
+
+def test_fusion_weight_is_chosen_on_validation_uar() -> None:
+    y = np.array([0, 1], dtype=np.int64)
+    # clip 0 (neutral) is right for temporal weights below 1/1.4 = 0.714, clip 1 (happy)
+    # above 0.8/1.28 = 0.625: only 0.7 of the grid gets both
+    temporal = _clip_probabilities(np.array([[0.3, 0.7, 0, 0], [0.2, 0.8, 0, 0]]), y)
+    functionals = _clip_probabilities(np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0]]), y)
+    weight, scores = choose_fusion_weight(validation=[(temporal, functionals)])
+    assert weight == 0.7
+    assert scores["0.7"] == 1.0 and scores["0.5"] == 0.5 and scores["1.0"] == 0.5
+    # identical systems tie everywhere: the data-free choice, 0.5, is kept
+    weight, scores = choose_fusion_weight(validation=[(temporal, temporal)])
+    assert weight == 0.5 and len(set(scores.values())) == 1
+    with pytest.raises(ConfigError):
+        choose_fusion_weight(validation=[])
+
+
+def test_fusion_loco_means_and_chosen_weights() -> None:
+    t_a, f_a = _two_systems(seed=1)
+    t_b, f_b = _two_systems(seed=2)
+    chosen = {"a": {"temporal_weight": 1.0}, "b": {"temporal_weight": 0.0}}
+    out = fusion_loco(
+        temporal={"a": t_a, "b": t_b}, functionals={"a": f_a, "b": f_b}, chosen=chosen
+    )
+    equal = out["equal_weight"]
+    assert equal["temporal_weight"] == 0.5
+    uars = [equal["per_corpus"][c]["uar"] for c in ("a", "b")]
+    assert equal["uar_mean"] == pytest.approx(np.mean(uars))
+    tuned = out["training_corpora_weight"]["per_corpus"]
+    assert tuned["a"]["uar"] == probability_metrics(t_a)["uar"]
+    assert tuned["b"]["angry_auc"] == probability_metrics(f_b)["angry_auc"]
+    assert tuned["a"]["temporal_weight"] == 1.0
+    with pytest.raises(FusionAlignmentError):
+        fusion_loco(temporal={"a": t_a}, functionals={"b": f_b})
+
+
+def test_functionals_probabilities_align_with_the_temporal_rows(tmp_path: Path) -> None:
+    """The functionals model scores the full dataset, the network its labelled subset:
+    the held-out clips must come out in the same order under both indexings."""
+    from emotion_engine.training.evaluate import Features
+    from emotion_engine.training.temporal import functionals_clip_probabilities
+
+    rng = np.random.default_rng(0)
+    clips = []
+    for corpus in ("a", "b", "c"):
+        for k in range(12):
+            # every third clip has no emotion label (arousal only), interleaved
+            label = NO_LABEL if k % 3 == 2 else k % 4
+            clips.append(
+                Clip(tmp_path / f"{corpus}{k}.flac", corpus, f"{corpus}_{k % 2}", "x", label, k % 3)
+            )
+    dataset = Dataset(clips=tuple(clips), labels=LABELS, root=tmp_path)
+    x = rng.standard_normal((len(clips), 6)).astype(np.float32)
+    x[:, 0] += 3 * np.maximum(dataset.y, 0)
+    feats = Features(test=x, train=x + 0.01, baseline=None)
+    got = functionals_clip_probabilities(
+        dataset=dataset, feats=feats, excluded=["b"], test_corpus="b", seed=0, candidate="logreg"
+    )
+    emo = dataset.subset(np.flatnonzero(dataset.y != NO_LABEL))
+    rows = np.flatnonzero(emo.corpus == "b")
+    assert got.clip_ids == tuple(str(emo.clips[int(i)].path) for i in rows)
+    np.testing.assert_array_equal(got.y, emo.y[rows])
+    np.testing.assert_allclose(got.probabilities.sum(axis=1), 1.0, atol=1e-6)
+
+
 def test_format_table_lists_every_system() -> None:
     from emotion_engine.training.temporal import format_table
 
@@ -226,7 +370,18 @@ def test_format_table_lists_every_system() -> None:
             },
         },
     }
+    report["fusion"] = {
+        "per_arch": {"cnn": {"equal_weight": block(0.47), "training_corpora_weight": block(0.48)}}
+    }
+    report["latency"]["temporal_cnn_plus_functionals_batch1"] = timing
+    report["latency"]["temporal_cnn_plus_functionals_batch100"] = timing
     table = format_table(report)
+    assert "| fused cnn + functionals, w=0.5 | 47.0 |" in table
+    assert "| fused cnn + functionals, w from training corpora | 48.0 |" in table
+    assert "| fused cnn + functionals, w=0.5 | a | 50.0 |" in table
+    assert (
+        "| fused: temporal cnn ONNX + compute_functionals + emotion.onnx + average | 0.100" in table
+    )
     assert "| temporal cnn | 41.0 | 41.0 | 41.0 |" in table
     assert "| temporal gru | 42.0 |" in table
     assert "| functionals (shipped recipe) | 45.0 |" in table

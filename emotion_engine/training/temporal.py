@@ -34,6 +34,12 @@ corpus is never looked at before the final scoring. Test metrics are computed wi
 onnxruntime on the exported graph (the path the engine would run), and per-window
 latency is measured beside the shipped functionals model's.
 
+Late fusion: when the functionals model is trained in the same run (no
+``--functionals-json``), each network's held-out clip probabilities are averaged with the
+functionals model's (same split, same clips; alignment asserted) at weight 0.5 and, with
+``--tune-fusion-weight``, at a weight chosen per split by an inner leave-one-corpus-out
+on that split's training corpora only.
+
 Torch is an optional dependency: ``pip install -e '.[temporal]'``.
 """
 
@@ -937,6 +943,122 @@ def functionals_loco(
     }, probabilities
 
 
+def training_corpora_fusion_weight(
+    *,
+    dataset: Dataset,
+    emo: Dataset,
+    feats: Features,
+    test_seqs: LldSequences,
+    train_seqs: LldSequences,
+    config: TrainConfig,
+    held_out: str,
+    work_dir: Path,
+    seed: int,
+    candidate: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The fusion weight for held-out ``held_out``, chosen on its training corpora only.
+
+    Inner leave-one-corpus-out: for every other four-class corpus ``v``, both systems are
+    trained without ``held_out`` and ``v`` and score ``v``; the weight of
+    :data:`FUSION_WEIGHT_GRID` with the best mean UAR over those ``v`` is kept
+    (:func:`choose_fusion_weight`). Cross-corpus rather than a speaker split, because
+    the weight has to transfer to an unseen corpus. ``held_out`` is never scored here.
+
+    ``dataset``: every clip (the functionals recipe also trains its arousal head on
+    clips without an emotion label); ``emo``: its emotion-labelled clips, which
+    ``test_seqs``/``train_seqs`` cover; ``feats``: the functionals of ``dataset``.
+    """
+    inner = [c for c in four_class_corpora(emo) if c != held_out]
+    if not inner:
+        raise DatasetError(
+            f"no four-class training corpus left to choose a weight without {held_out}"
+        )
+    labelled = emo.y != NO_LABEL
+    validation: list[tuple[ClipProbabilities, ClipProbabilities]] = []
+    per_inner: dict[str, Any] = {}
+    for name in inner:
+        excluded = [held_out, name]
+        temporal, info = temporal_clip_probabilities(
+            dataset=emo,
+            test_seqs=test_seqs,
+            train_seqs=train_seqs,
+            config=config,
+            train_rows=np.flatnonzero(labelled & ~np.isin(emo.corpus, excluded)).astype(np.int64),
+            test_rows=np.flatnonzero(labelled & (emo.corpus == name)).astype(np.int64),
+            onnx_path=work_dir / f"temporal-{config.arch}-without-{held_out}-{name}.onnx",
+            progress=progress,
+            desc=f"inner: without {held_out}, {name}",
+        )
+        functionals = functionals_clip_probabilities(
+            dataset=dataset,
+            feats=feats,
+            excluded=excluded,
+            test_corpus=name,
+            seed=seed,
+            candidate=candidate,
+        )
+        validation.append((temporal, functionals))
+        per_inner[name] = {
+            "temporal": {k: probability_metrics(temporal)[k] for k in ("n", "uar", "angry_auc")},
+            "functionals": {
+                k: probability_metrics(functionals)[k] for k in ("n", "uar", "angry_auc")
+            },
+            "train_clips": info["train_clips"],
+            "train_s": info["train_s"],
+        }
+    weight, scores = choose_fusion_weight(validation=validation)
+    log.info("held out %s: fusion weight %.1f chosen on %s", held_out, weight, inner)
+    return {
+        "temporal_weight": weight,
+        "validation_corpora": inner,
+        "validation_uar_mean_by_weight": scores,
+        "validation": per_inner,
+    }
+
+
+def fusion_loco(
+    *,
+    temporal: dict[str, ClipProbabilities],
+    functionals: dict[str, ClipProbabilities],
+    chosen: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Late fusion of one temporal network with the functionals model on every held-out
+    corpus: the equal average and, when ``chosen`` (held-out corpus -> the output of
+    :func:`training_corpora_fusion_weight`) is given, the weight chosen on the training
+    corpora. Both dicts map held-out corpus -> clip probabilities, with the same keys."""
+    if set(temporal) != set(functionals):
+        raise FusionAlignmentError(
+            f"held-out corpora differ: {sorted(temporal)} vs {sorted(functionals)}"
+        )
+    equal = {
+        name: probability_metrics(
+            fuse_probabilities(
+                temporal=temporal[name],
+                functionals=functionals[name],
+                temporal_weight=EQUAL_FUSION_WEIGHT,
+            )
+        )
+        for name in temporal
+    }
+    out: dict[str, Any] = {
+        "equal_weight": {"temporal_weight": EQUAL_FUSION_WEIGHT, **summarise_blocks(equal)}
+    }
+    if chosen is not None:
+        tuned: dict[str, Any] = {}
+        for name in temporal:
+            w = float(chosen[name]["temporal_weight"])
+            block = probability_metrics(
+                fuse_probabilities(
+                    temporal=temporal[name], functionals=functionals[name], temporal_weight=w
+                )
+            )
+            tuned[name] = {**block, "weight_choice": chosen[name]}
+            tuned[name]["temporal_weight"] = w
+        out["training_corpora_weight"] = summarise_blocks(tuned)
+    return out
+
+
 def _loco_blocks(
     results: dict[str, Any], *, labels: Sequence[str], corpora: Sequence[str]
 ) -> dict[str, Any]:
@@ -1007,7 +1129,10 @@ def measure_latency(
     Temporal: each ONNX graph of ``onnx_paths`` (name -> file) on real test windows (its
     input is the LLD frames). Shipped: ``EmotionModel.predict`` on those windows'
     functionals and, since a temporal net replaces the functionals step too,
-    ``compute_functionals`` + predict. ``windows``: (n, crop_frames, N_LLD).
+    ``compute_functionals`` + predict. Late fusion (``<name>_plus_functionals``): the
+    temporal graph, then ``compute_functionals`` + predict on the same windows, then the
+    average, timed as one call (the p50 of a sum is not the sum of p50s).
+    ``windows``: (n, crop_frames, N_LLD).
     """
     from emotion_engine.features.functionals import compute_functionals
 
@@ -1037,6 +1162,18 @@ def measure_latency(
         out[f"functionals_extract_plus_onnx_batch{batch}"] = _time_calls(
             lambda w=lld: model.predict(compute_functionals(lld=w)), repeats=repeats
         )
+        for name, path in onnx_paths.items():
+            session = onnx_session(path)
+
+            def fused(s: Any = session, w: NDArray[np.float32] = lld) -> NDArray[np.float64]:
+                p_temporal = s.run([OUTPUT_NAME], {INPUT_NAME: w})[0]
+                p_functionals = model.predict(compute_functionals(lld=w)).probabilities
+                averaged: NDArray[np.float64] = EQUAL_FUSION_WEIGHT * p_temporal + (
+                    1.0 - EQUAL_FUSION_WEIGHT
+                ) * np.asarray(p_functionals)
+                return averaged
+
+            out[f"{name}_plus_functionals_batch{batch}"] = _time_calls(fused, repeats=repeats)
     out["shipped_model"] = str(shipped_model_dir)
     out["note"] = (
         "windows of the temporal crop length "
@@ -1061,6 +1198,12 @@ def format_table(report: dict[str, Any]) -> str:
         f"temporal {arch}": block for arch, block in report["temporal"].items()
     }
     systems["functionals (shipped recipe)"] = report["functionals"]
+    for arch, fusion in (report.get("fusion") or {}).get("per_arch", {}).items():
+        systems[f"fused {arch} + functionals, w=0.5"] = fusion["equal_weight"]
+        if "training_corpora_weight" in fusion:
+            systems[f"fused {arch} + functionals, w from training corpora"] = fusion[
+                "training_corpora_weight"
+            ]
     corpora = list(report["functionals"]["per_corpus"])
     labels = report["labels"]
     lines = [
@@ -1102,6 +1245,13 @@ def format_table(report: dict[str, Any]) -> str:
     rows += [
         ("functionals_onnx", "shipped emotion.onnx (input: functionals)"),
         ("functionals_extract_plus_onnx", "shipped: compute_functionals + emotion.onnx"),
+    ]
+    rows += [
+        (
+            f"temporal_{arch}_plus_functionals",
+            f"fused: temporal {arch} ONNX + compute_functionals + emotion.onnx + average",
+        )
+        for arch in report["temporal"]
     ]
     lines += [
         "",
@@ -1150,6 +1300,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole comparison from parsed arguments; prints the table, writes ``args.out``."""
     th = require_torch()
     started = time.monotonic()
+    if args.tune_fusion_weight and args.functionals_json is not None:
+        raise ConfigError(
+            "--tune-fusion-weight needs the functionals LOCO of this run, not --functionals-json"
+        )
     unknown = sorted(set(args.arch) - set(ARCHITECTURES))
     if unknown or not args.arch:
         raise ConfigError(f"--arch takes names from {ARCHITECTURES}, got {args.arch}")
@@ -1181,8 +1335,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     work_dir = Path(args.work_dir)
     temporal: dict[str, Any] = {}
+    temporal_probabilities: dict[str, dict[str, ClipProbabilities]] = {}
     for config in configs:
-        block = evaluate_temporal(
+        block, temporal_probabilities[config.arch] = evaluate_temporal(
             dataset=emo,
             test_seqs=test_seqs,
             train_seqs=train_seqs,
@@ -1203,12 +1358,69 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             **block,
         }
     corpora = list(next(iter(temporal.values()))["per_corpus"])
+    fusion: dict[str, Any] | None = None
     if args.functionals_json is not None:
+        # no clip probabilities in an evaluate JSON: nothing to fuse
         functionals = functionals_from_json(path=Path(args.functionals_json), corpora=corpora)
     else:
-        functionals = functionals_loco(
-            dataset=dataset, seed=args.seed, corpora=corpora, progress=progress
+        from emotion_engine.training.evaluate import load_features
+        from emotion_engine.training.train import DEFAULT_CANDIDATE
+
+        feats = load_features(dataset, seed=args.seed, include_baseline=False, progress=progress)
+        functionals, functionals_probabilities = functionals_loco(
+            dataset=dataset, feats=feats, seed=args.seed, corpora=corpora, progress=progress
         )
+        fusion = {
+            "method": "late fusion: per held-out clip, temporal_weight * the temporal "
+            "network's clip probabilities + (1 - temporal_weight) * the functionals "
+            "model's, both from the same LOCO split of this run; clips, true labels and "
+            "label order asserted identical; the fused arg-max gives the class, the fused "
+            "angry probability the AUC",
+            "per_arch": {},
+        }
+        if args.tune_fusion_weight:
+            fusion["weight_choice"] = (
+                "per held-out corpus, inner leave-one-corpus-out on its training corpora "
+                f"only: the weight of {list(FUSION_WEIGHT_GRID)} with the best mean UAR "
+                "over the other four-class corpora (each scored by both systems trained "
+                "without it and without the held-out corpus); ties to the weight nearest 0.5"
+            )
+        for config in configs:
+            chosen = (
+                {
+                    name: training_corpora_fusion_weight(
+                        dataset=dataset,
+                        emo=emo,
+                        feats=feats,
+                        test_seqs=test_seqs,
+                        train_seqs=train_seqs,
+                        config=config,
+                        held_out=name,
+                        work_dir=work_dir,
+                        seed=args.seed,
+                        candidate=DEFAULT_CANDIDATE,
+                        progress=progress,
+                    )
+                    for name in corpora
+                }
+                if args.tune_fusion_weight
+                else None
+            )
+            per_arch = fusion_loco(
+                temporal=temporal_probabilities[config.arch],
+                functionals=functionals_probabilities,
+                chosen=chosen,
+            )
+            per_arch["difference_vs_functionals"] = {
+                variant: {
+                    "uar_mean": per_arch[variant]["uar_mean"] - functionals["uar_mean"],
+                    "angry_auc_mean": per_arch[variant]["angry_auc_mean"]
+                    - functionals["angry_auc_mean"],
+                }
+                for variant in ("equal_weight", "training_corpora_weight")
+                if variant in per_arch
+            }
+            fusion["per_arch"][config.arch] = per_arch
     # latency on real mu-law windows of the last held-out corpus, through the graphs
     # exported for that split
     last = corpora[-1]
@@ -1255,6 +1467,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             for arch, block in temporal.items()
         },
+        **({} if fusion is None else {"fusion": fusion}),
         "latency": latency,
         "data": {"root": str(args.data), "corpora": emo.summary()},
         "elapsed_s": round(time.monotonic() - started, 1),
@@ -1340,6 +1553,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="take the functionals model's numbers from this evaluate JSON "
         "(e.g. models/evaluation.json) instead of re-running its LOCO here",
+    )
+    parser.add_argument(
+        "--tune-fusion-weight",
+        action="store_true",
+        help="besides the equal average, choose the late-fusion weight per held-out corpus "
+        "by an inner leave-one-corpus-out on its training corpora (trains each network "
+        "twice more per split; needs the functionals LOCO of this run)",
     )
     parser.add_argument(
         "--shipped-model",
