@@ -251,9 +251,11 @@ def stream_ticks(
     n_ticks: int,
 ) -> int:
     """Feed every leg ``n_ticks`` ticks of audio as ``serve`` does: per tick, each leg's
-    five 20 ms G.711 payloads are decoded and pushed, then one ``process`` runs for
-    all legs. ``codes``: (n_chunks, 160) payloads, looped; leg ``i`` starts at chunk
-    ``offsets[i]``. Returns the number of events produced."""
+    five 20 ms G.711 payloads are decoded one by one (as the RTP ingest decodes each
+    packet), joined and pushed as one chunk (as the ingest hands each leg's audio to
+    the engine once per tick: ``RtpIngest(coalesce_audio=True)``), then one ``process``
+    runs for all legs. ``codes``: (n_chunks, 160) payloads, looped; leg ``i`` starts at
+    chunk ``offsets[i]``. Returns the number of events produced."""
     from emotion_engine.audio.g711 import ulaw_decode
     from emotion_engine.frames import AudioChunk
 
@@ -263,8 +265,9 @@ def stream_ticks(
         k0 = tick * TICK_CHUNKS
         for leg, call_id in enumerate(call_ids):
             base = int(offsets[leg]) + k0
-            for j in range(TICK_CHUNKS):
-                pcm = ulaw_decode(codes[(base + j) % n_chunks])
-                engine.push(AudioChunk(call_id, "customer", (k0 + j) * CHUNK_S, pcm, 8000))
+            pcm = np.concatenate(
+                [ulaw_decode(codes[(base + j) % n_chunks]) for j in range(TICK_CHUNKS)]
+            )
+            engine.push(AudioChunk(call_id, "customer", k0 * CHUNK_S, pcm, 8000))
         n_events += len(engine.process())
     return n_events
