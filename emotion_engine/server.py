@@ -66,7 +66,8 @@ RTP_POLL_S = 0.5
 RTP_DRAIN_MAX = 512  # datagrams per wake-up, so other sockets still get their turn
 RTP_BATCH_S = 0.005  # pause between RTP wake-ups, so each one handles a batch (_RtpReader)
 RTP_MAX_DATAGRAM = 2048
-RTP_RCVBUF_BYTES = 4 << 20  # ~0.2 s of 1,000 legs queued while the engine holds the GIL
+# ~0.2 s of 1,000 legs: what arrives while the engine runs a step waits here (_RtpReader)
+RTP_RCVBUF_BYTES = 4 << 20
 
 
 def _rtp_socket(host: str, port: int) -> socket.socket:
@@ -151,7 +152,10 @@ class _RtpReader:
     context switches) per datagram, about 7 us of the 55 us a packet cost end to end
     at 300 legs on one core (against the same path run inline). The packets wait in
     the kernel's receive buffer instead (``RTP_RCVBUF_BYTES``) and are read as one
-    backlog when the step ends, when the engine is idle.
+    backlog when the step ends, when the engine is idle. That needs the buffer the
+    socket asked for: where net.core.rmem_max caps it below that (Linux's default is
+    208 KiB, ~100 datagrams), a 40 ms step at 500 legs would overflow it, so the
+    reader then goes on reading during steps, at the higher CPU cost, and says so once.
     """
 
     def __init__(self, core: RtpIngest, service: EngineService, sock: socket.socket) -> None:
@@ -163,7 +167,20 @@ class _RtpReader:
         self._closed = False
         self._watching = False
         self._stepping = False
-        service.add_step_listener(self._on_step)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.pauses_during_steps = granted >= RTP_RCVBUF_BYTES  # Linux reports double
+        if self.pauses_during_steps:
+            service.add_step_listener(self._on_step)
+        else:
+            log.warning(
+                "rtp: the socket's receive buffer is %d KiB, not the %d KiB asked for "
+                "(net.core.rmem_max caps it), too small to hold the packets that arrive "
+                "while the engine runs a step; RTP is read during steps too, which costs "
+                "more CPU per packet. For full capacity: sysctl -w net.core.rmem_max=%d",
+                granted // 1024,
+                RTP_RCVBUF_BYTES // 1024,
+                RTP_RCVBUF_BYTES,
+            )
         self._watch()
 
     def close(self) -> None:

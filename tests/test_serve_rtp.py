@@ -147,6 +147,28 @@ def test_does_not_read_while_the_engine_runs_a_step() -> None:
     assert final == 23  # the new leg's LegStarted and chunk, read after the step
 
 
+def test_reads_during_steps_when_the_kernel_caps_the_receive_buffer(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # more than any net.core.rmem_max here grants: the buffer cannot hold a step's packets
+    monkeypatch.setattr(server, "RTP_RCVBUF_BYTES", 1 << 30)
+    stream = packets(9, 5)
+
+    async def main() -> tuple[bool, int]:
+        reader, service, client, port = start(RtpIngest(jitter_depth_packets=0))
+        service.step(True)  # a step that never ends: the datagrams are read anyway
+        for datagram in stream:
+            client.sendto(datagram, ("127.0.0.1", port))
+        await service.until(lambda: len(service.outputs()) == 6)  # LegStarted + 5 chunks
+        reader.close()
+        client.close()
+        return reader.pauses_during_steps, len(service.step_listeners)
+
+    pauses, listeners = asyncio.run(main())
+    assert not pauses and listeners == 0
+    assert "net.core.rmem_max" in caplog.text
+
+
 def test_pauses_between_wake_ups(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server, "RTP_BATCH_S", 0.3)
     stream = packets(7, 10)
