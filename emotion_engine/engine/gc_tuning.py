@@ -11,8 +11,8 @@ of the collector's sight (``gc.freeze()``) and collects the young generation eve
 :data:`GC_GEN0_THRESHOLD` allocations instead. Cycles are still collected, in larger
 batches.
 
-Measured in process, RTP receive + engine at 500 legs (one core, alternating runs):
-about 10 % less CPU per packet. The engine alone (``benchmarks.throughput``, which
+Measured in process, RTP receive + engine at 500 legs (one core, the threshold alone,
+two alternated pairs): 8-12 % less CPU per packet. The engine alone (``benchmarks.throughput``, which
 allocates far less per packet) showed no difference beyond run-to-run noise, so the
 benchmarks keep CPython's defaults.
 """
