@@ -32,6 +32,7 @@ import json
 import logging
 import socket
 import ssl
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -66,6 +67,7 @@ RTP_POLL_S = 0.5
 RTP_DRAIN_MAX = 512  # datagrams per wake-up, so other sockets still get their turn
 RTP_BATCH_S = 0.005  # pause between RTP wake-ups, so each one handles a batch (_RtpReader)
 RTP_MAX_DATAGRAM = 2048
+JSON_CACHE_EVENTS = 4096  # events whose JSON text is kept for the next subscriber
 # ~0.2 s of 1,000 legs: what arrives while the engine runs a step waits here (_RtpReader)
 RTP_RCVBUF_BYTES = 4 << 20
 
@@ -296,6 +298,9 @@ class EngineServer:
         self._tcp: asyncio.Server | None = None
         self._poller: asyncio.Task[None] | None = None
         self._subscriber_tasks: set[asyncio.Task[None]] = set()
+        # id -> (event, its JSON): every subscriber is sent the same text, encoded once
+        # (the event is kept in the entry, so its id cannot be reused while cached)
+        self._json_cache: OrderedDict[int, tuple[dict[str, Any], str]] = OrderedDict()
         self.addresses: Addresses | None = None
         # --- privacy and routing (issue 6) ---
         service.parties = frozenset(PARTIES if params.analyze_agent else ("customer",))
@@ -517,11 +522,23 @@ class EngineServer:
                 for event in sub.drain():
                     if event.get("type") == "events.lost":
                         self.service.metrics.events_dropped_total += int(event["count"])
-                    await ws.send(to_json(event))
+                    await ws.send(self._encode(event))
                     self.service.metrics.events_sent_total += 1
         finally:
             self.service.hub.unsubscribe(sub)
             reader.cancel()
+
+    def _encode(self, event: dict[str, Any]) -> str:
+        """The event's JSON text, encoded once however many subscribers it goes to."""
+        key = id(event)
+        cached = self._json_cache.get(key)
+        if cached is not None and cached[0] is event:
+            return cached[1]
+        text = to_json(event)
+        self._json_cache[key] = (event, text)
+        if len(self._json_cache) > JSON_CACHE_EVENTS:
+            self._json_cache.popitem(last=False)
+        return text
 
     async def _media(self, ws: ServerConnection, session: _MediaSession, source: str) -> None:
         try:

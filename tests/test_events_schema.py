@@ -181,6 +181,49 @@ def test_to_json_is_compact_and_rounded() -> None:
         to_json({**d, "info": {"bad": math.nan}})
 
 
+def _random_value(rng: np.random.Generator, depth: int = 0) -> Any:
+    leaves: list[Any] = [
+        float(rng.normal() * 10.0 ** int(rng.integers(-6, 4))),
+        -1e-7,
+        0.0,
+        int(rng.integers(-(10**6), 10**6)),
+        bool(rng.integers(2)),
+        None,
+        "ünï",
+        np.float32(rng.normal()),
+        np.float64(-3e-6),
+        np.int64(rng.integers(100)),
+        np.bool_(True),
+        np.array([0.123456, -0.00001]),
+    ]
+    if depth < 3 and rng.random() < 0.5:
+        n = int(rng.integers(0, 4))
+        if rng.random() < 0.5:
+            keys: list[Any] = ["a", "b", 3, "d"]
+            return {keys[i]: _random_value(rng, depth + 1) for i in range(n)}
+        items = [_random_value(rng, depth + 1) for _ in range(n)]
+        return items if rng.random() < 0.5 else tuple(items)
+    return leaves[int(rng.integers(len(leaves)))]
+
+
+def test_plain_fast_path_gives_what_the_general_path_gives() -> None:
+    """``_plain`` takes plain Python values by exact type; ``_plain_any`` is the general
+    isinstance path: the JSON must be the same, numpy values and odd keys included."""
+    from emotion_engine.publish.events import _plain, _plain_any
+
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        value = {"v": _random_value(rng), "w": [_random_value(rng), _random_value(rng)]}
+        fast = json.dumps(_plain(value), allow_nan=False)
+        general = json.dumps(_plain_any(value), allow_nan=False)
+        assert fast == general
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(EventError, match="non-finite"):
+            _plain({"x": [bad]})
+        with pytest.raises(EventError, match="non-finite"):
+            _plain_any({"x": [bad]})
+
+
 def test_sequencer_counts_from_one() -> None:
     seq = EventSequencer()
     e = call_start(call_id="c", party="agent", t=0.0, labels=["neutral"])

@@ -111,6 +111,39 @@ def test_l16_stereo_websocket_gives_both_parties(model: EmotionModel, call_pcm: 
     assert any(e["type"] == "call.end" and e["party"] == "agent" for e in events)
 
 
+def test_every_subscriber_gets_the_same_text_encoded_once(
+    model: EmotionModel, call_pcm: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emotion_engine import server as server_module
+
+    encoded: list[int] = []
+    real_to_json = server_module.to_json
+
+    def counting_to_json(event: dict[str, Any]) -> str:
+        encoded.append(id(event))
+        return real_to_json(event)
+
+    monkeypatch.setattr(server_module, "to_json", counting_to_json)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        async with running(model) as server:
+            urls = server.addresses.urls()  # type: ignore[union-attr]
+            async with subscribe(urls["events"]) as first, subscribe(urls["events"]) as second:
+                await stream_l16(
+                    urls["l16"], pcm=call_pcm[: 8000 * 6], sample_rate=8000, call_id="c", speed=None
+                )
+                texts: list[list[str]] = [[], []]
+                for ws, out in ((first, texts[0]), (second, texts[1])):
+                    while not out or json.loads(out[-1])["type"] != "call.end":
+                        out.append(str(await asyncio.wait_for(ws.recv(), 30)))
+                return texts[0], texts[1]
+
+    first, second = run(scenario())
+    assert first == second  # the same bytes on the wire
+    assert len(first) >= 5  # call.start, updates, call.end
+    assert len(encoded) == len(first)  # one encoding per event, not per subscriber
+
+
 def test_twilio_media_stream(model: EmotionModel, call_pcm: np.ndarray) -> None:
     async def scenario() -> list[dict[str, Any]]:
         async with running(model) as server:
