@@ -34,6 +34,8 @@ from emotion_engine.training.temporal import (
     lld_sequences,
     probability_metrics,
     require_torch,
+    speaker_frame_stats,
+    speaker_normalise,
     voiced_counts,
     voiced_frames,
     window_starts,
@@ -135,6 +137,108 @@ def test_eval_windows_and_average() -> None:
     np.testing.assert_allclose(mean, [[0.5, 0.5], [0.3, 0.7]])
     with pytest.raises(ConfigError):
         average_windows(probabilities=p, clip_index=owner, n_clips=3)
+
+
+def _speaker_clips(
+    rng: np.random.Generator, *, n_clips: int, loc: float, scale: float
+) -> list[NDArray[np.float32]]:
+    """Clips of one synthetic speaker: Gaussian LLDs around ``loc`` with spread ``scale``,
+    about 70 % voiced frames (F0 > 0), unvoiced frames far off (all columns -500)."""
+    clips = []
+    for _ in range(n_clips):
+        n = int(rng.integers(40, 90))
+        lld = (loc + scale * rng.standard_normal((n, N_LLD))).astype(np.float32)
+        voiced = rng.random(n) < 0.7
+        lld[:, LLD_INDEX["voiced"]] = voiced
+        lld[:, LLD_INDEX["f0_hz"]] = np.where(
+            voiced, 100.0 + loc + scale * rng.standard_normal(n), 0.0
+        )
+        lld[~voiced] = np.where(np.arange(N_LLD) == LLD_INDEX["voiced"], 0.0, -500.0).astype(
+            np.float32
+        )
+        lld[~voiced, LLD_INDEX["f0_hz"]] = 0.0
+        clips.append(lld)
+    return clips
+
+
+def test_speaker_normalise_zscores_each_speakers_speech_frames() -> None:
+    rng = np.random.default_rng(3)
+    a = _speaker_clips(rng, n_clips=4, loc=10.0, scale=2.0)
+    b = _speaker_clips(rng, n_clips=3, loc=-5.0, scale=3.0)
+    # interleaved clip order: a speaker's statistics come from all of its clips
+    clips = [a[0], b[0], a[1], a[2], b[1], b[2], a[3]]
+    speaker = ["a", "b", "a", "a", "b", "b", "a"]
+    # one column constant within speaker b only (its std gets floored, stays finite)
+    for i, name in enumerate(speaker):
+        if name == "b":
+            clips[i][:, LLD_INDEX["zcr"]] = 0.25
+    seqs = LldSequences.from_list(clips)
+    normed, stats = speaker_normalise(seqs=seqs, speaker=speaker)
+
+    np.testing.assert_array_equal(normed.offsets, seqs.offsets)
+    assert normed.frames.dtype == np.float32
+    assert np.all(np.isfinite(normed.frames))
+    gate = voiced_frames(lld=seqs.frames)
+    owner = np.repeat(np.array(speaker), np.diff(seqs.offsets))
+    voiced_col = LLD_INDEX["voiced"]
+    zcr = LLD_INDEX["zcr"]
+    # the binary voiced flag is constant over speech frames: left unchanged everywhere
+    assert stats.unchanged[voiced_col] and stats.unchanged.sum() == 1
+    np.testing.assert_array_equal(normed.frames[:, voiced_col], seqs.frames[:, voiced_col])
+    other = [k for k in range(N_LLD) if k != voiced_col]
+    for name in ("a", "b"):
+        speech = normed.frames[(owner == name) & gate]
+        assert stats.speech_frames[name] == speech.shape[0]
+        cols = [k for k in other if not (name == "b" and k == zcr)]
+        np.testing.assert_allclose(speech[:, cols].mean(axis=0), 0.0, atol=1e-4)
+        np.testing.assert_allclose(speech[:, cols].std(axis=0), 1.0, atol=1e-4)
+    # speaker b's constant column: centred to 0, divided by the floor, not blown up
+    np.testing.assert_allclose(normed.frames[(owner == "b") & gate, zcr], 0.0, atol=1e-6)
+    assert stats.std["b"][zcr] == pytest.approx(0.1 * stats.pooled_std[zcr])
+    # the unvoiced frames are transformed with the speech statistics, not used for them
+    k = LLD_INDEX["rms_db"]
+    unvoiced_a = normed.frames[(owner == "a") & ~gate, k]
+    np.testing.assert_allclose(
+        unvoiced_a, (-500.0 - stats.mean["a"][k]) / stats.std["a"][k], rtol=1e-5
+    )
+
+    # speakers are independent: another speaker in b's place changes nothing of speaker a
+    c = _speaker_clips(np.random.default_rng(9), n_clips=3, loc=-8.0, scale=2.5)
+    swapped = [a[0], c[0], a[1], a[2], c[1], c[2], a[3]]
+    normed2, _ = speaker_normalise(seqs=LldSequences.from_list(swapped), speaker=speaker)
+    owner2 = np.repeat(np.array(speaker), [x.shape[0] for x in swapped])
+    np.testing.assert_array_equal(normed2.frames[owner2 == "a"], normed.frames[owner == "a"])
+    # ... and normalising a speaker alone gives the same frames as among others
+    alone, _ = speaker_normalise(seqs=LldSequences.from_list(a), speaker=["a"] * len(a))
+    np.testing.assert_allclose(
+        alone.frames[:, other], normed.frames[owner == "a"][:, other], atol=1e-5
+    )
+
+
+def test_speaker_frame_stats_checks_names_and_handles_silent_speakers() -> None:
+    seqs = LldSequences.from_list([_lld_with_voicing(np.zeros(30, dtype=bool))])
+    with pytest.raises(ConfigError):
+        speaker_frame_stats(seqs=seqs, speaker=["a", "b"])
+    stats = speaker_frame_stats(seqs=seqs, speaker=["a"])
+    # no speech frame at all: falls back to the speaker's every frame, stays finite
+    assert stats.speech_frames["a"] == 30
+    assert all(np.all(np.isfinite(v)) for v in (*stats.mean.values(), *stats.std.values()))
+
+
+def test_clip_windows_gate_on_the_raw_frames() -> None:
+    voiced = np.zeros(300, dtype=bool)
+    voiced[200:260] = True
+    raw = _lld_with_voicing(voiced)
+    normed = raw.copy()
+    normed[:, LLD_INDEX["voiced"]] = 1.0 - normed[:, LLD_INDEX["voiced"]]  # gate now inverted
+    windows = clip_windows(
+        lld=normed, crop_frames=100, hop_frames=50, min_voiced_frames=20, gate_lld=raw
+    )
+    np.testing.assert_array_equal(windows[:, 0, RAMP], [150, 200])
+    with pytest.raises(ConfigError):
+        clip_windows(
+            lld=normed, crop_frames=100, hop_frames=50, min_voiced_frames=20, gate_lld=raw[:10]
+        )
 
 
 def test_class_weights_balance_the_loss() -> None:

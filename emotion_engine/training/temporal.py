@@ -278,15 +278,20 @@ def clip_windows(
     crop_frames: int,
     hop_frames: int,
     min_voiced_frames: int,
+    gate_lld: NDArray[np.float32] | None = None,
 ) -> NDArray[np.float32]:
     """The test windows of one clip: (n_frames, N_LLD) -> (n_windows, crop_frames, N_LLD).
 
     Windows every ``hop_frames`` (see :func:`window_starts`); those with fewer than
     ``min_voiced_frames`` voiced frames are dropped, as the engine drops "no speech"
-    windows, unless that drops all, when the most voiced window is kept.
+    windows, unless that drops all, when the most voiced window is kept. ``gate_lld``:
+    the raw frames the speech gate reads when ``lld`` is normalised (same shape).
     """
+    gate = lld if gate_lld is None else gate_lld
+    if gate.shape != lld.shape:
+        raise ConfigError(f"gate frames {gate.shape} do not match the frames {lld.shape}")
     starts = window_starts(n_frames=lld.shape[0], crop_frames=crop_frames, hop_frames=hop_frames)
-    counts = voiced_counts(voiced=voiced_frames(lld=lld), crop_frames=crop_frames)
+    counts = voiced_counts(voiced=voiced_frames(lld=gate), crop_frames=crop_frames)
     per_window = counts[np.minimum(starts, counts.size - 1)]
     keep = starts[per_window >= min_voiced_frames]
     if keep.size == 0:
@@ -319,9 +324,11 @@ def eval_windows(
     crop_frames: int,
     hop_frames: int,
     min_voiced_frames: int,
+    gate_seqs: LldSequences | None = None,
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """All test windows of clips ``rows``: (n_windows, crop_frames, N_LLD) and (n_windows,)
-    index into ``rows`` of the clip each window belongs to."""
+    index into ``rows`` of the clip each window belongs to. ``gate_seqs``: raw sequences
+    for the speech gate when ``seqs`` are normalised."""
     windows: list[NDArray[np.float32]] = []
     owner: list[NDArray[np.int64]] = []
     for k, i in enumerate(rows):
@@ -330,6 +337,7 @@ def eval_windows(
             crop_frames=crop_frames,
             hop_frames=hop_frames,
             min_voiced_frames=min_voiced_frames,
+            gate_lld=None if gate_seqs is None else gate_seqs.clip(int(i)),
         )
         windows.append(w)
         owner.append(np.full(w.shape[0], k, dtype=np.int64))
@@ -363,6 +371,102 @@ def frame_stats(
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
     return mean.astype(np.float32), np.maximum(std, _STD_FLOOR).astype(np.float32)
+
+
+SPEAKER_NORM_DESCRIPTION = (
+    "per speaker and per audio condition (mu-law, augmented) separately: each of the 26 "
+    "LLDs minus the speaker's mean, divided by the speaker's std, both over the "
+    "speech-gated frames (voiced flag > 0.5 and F0 > 0, the engine's per-frame gate) of "
+    "all of that speaker's clips, test speakers included; the std floored at 0.1 x the "
+    "pooled speech-frame std of that LLD; LLDs constant over speech frames (pooled std "
+    "<= 1e-6: the binary voiced flag) are left unchanged; every frame of a clip "
+    "(unvoiced ones too) is transformed; crop selection and the test windows' speech "
+    "gate read the raw frames; the network's in-graph standardisation (training-frame "
+    "mean/std) is kept and sees the normalised frames"
+)
+SPEAKER_STD_SHRINK = 0.1
+"""Per-speaker std floor as a share of the pooled (all speakers) speech-frame std of the
+same descriptor, so a speaker near-constant in one LLD is not blown up."""
+_CONSTANT_STD = 1e-6  # pooled speech-frame std at or below this: the LLD is left as it is
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerNormStats:
+    """Per-speaker LLD statistics from :func:`speaker_frame_stats`.
+
+    ``mean``/``std``: speaker -> (N_LLD,) float64 (``std`` already floored, 1 and mean 0
+    where the descriptor is left unchanged); ``pooled_std``: (N_LLD,) over every speech
+    frame; ``unchanged``: (N_LLD,) True for descriptors constant over the speech frames
+    (the binary ``voiced`` flag under the voicing gate), which are not normalised;
+    ``speech_frames``: speaker -> frames the statistics came from.
+    """
+
+    mean: dict[str, NDArray[np.float64]]
+    std: dict[str, NDArray[np.float64]]
+    pooled_std: NDArray[np.float64]
+    unchanged: NDArray[np.bool_]
+    speech_frames: dict[str, int]
+
+
+def speaker_frame_stats(
+    *, seqs: LldSequences, speaker: Sequence[str], shrink: float = SPEAKER_STD_SHRINK
+) -> SpeakerNormStats:
+    """Per speaker, the mean and std of every LLD over the speech-gated frames
+    (:func:`voiced_frames`) of all of that speaker's clips in ``seqs``.
+
+    ``speaker``: one name per clip of ``seqs``. A speaker's std is floored at ``shrink``
+    times the pooled speech-frame std of that descriptor; a descriptor constant over all
+    speech frames (pooled std <= 1e-6) is marked ``unchanged``. A speaker without any
+    speech frame falls back to all of its frames.
+    """
+    if len(speaker) != len(seqs):
+        raise ConfigError(f"{len(speaker)} speaker names for {len(seqs)} clips")
+    names = np.asarray(speaker)
+    gate = voiced_frames(lld=seqs.frames)
+    per_frame_speaker = np.repeat(names, np.diff(seqs.offsets))
+    speech = seqs.frames[gate].astype(np.float64)
+    pooled_std = speech.std(axis=0) if speech.shape[0] else np.zeros(N_LLD)
+    unchanged = pooled_std <= _CONSTANT_STD
+    floor = np.maximum(shrink * pooled_std, _CONSTANT_STD)
+    mean: dict[str, NDArray[np.float64]] = {}
+    std: dict[str, NDArray[np.float64]] = {}
+    counts: dict[str, int] = {}
+    for name in np.unique(names):
+        mine = per_frame_speaker == name
+        rows = mine & gate
+        if not rows.any():
+            rows = mine
+        f = seqs.frames[rows].astype(np.float64)
+        counts[str(name)] = int(rows.sum())
+        if f.shape[0] == 0:
+            mu, sd = np.zeros(N_LLD), np.ones(N_LLD)
+        else:
+            mu, sd = f.mean(axis=0), np.maximum(f.std(axis=0), floor)
+        mean[str(name)] = np.where(unchanged, 0.0, mu)
+        std[str(name)] = np.where(unchanged, 1.0, sd)
+    return SpeakerNormStats(
+        mean=mean, std=std, pooled_std=pooled_std, unchanged=unchanged, speech_frames=counts
+    )
+
+
+def speaker_normalise(
+    *, seqs: LldSequences, speaker: Sequence[str], shrink: float = SPEAKER_STD_SHRINK
+) -> tuple[LldSequences, SpeakerNormStats]:
+    """Every clip's frames z-scored with its speaker's statistics
+    (:func:`speaker_frame_stats`, from the same ``seqs``): same offsets, float32.
+
+    Transductive when a test speaker's statistics include its test clips: an upper bound
+    for per-call normalisation, not something a live call can do. The speech gate must
+    still be applied to the raw sequences (the normalised ones no longer hold a voicing
+    flag and F0 in their units).
+    """
+    stats = speaker_frame_stats(seqs=seqs, speaker=speaker, shrink=shrink)
+    per_frame_speaker = np.repeat(np.asarray(speaker), np.diff(seqs.offsets))
+    out = np.empty_like(seqs.frames, dtype=np.float32)
+    for name, mu in stats.mean.items():
+        mine = per_frame_speaker == name
+        out[mine] = ((seqs.frames[mine] - mu) / stats.std[name]).astype(np.float32)
+    return LldSequences(frames=out, offsets=seqs.offsets.copy()), stats
 
 
 # ---------------------------------------------------------------------------------------
@@ -462,12 +566,14 @@ class TrainSet:
     """Training clips: LLD sequences under each condition, and labels.
 
     ``sources``: the sequences (mu-law and augmented); ``rows``: (n,) clip indices into
-    them; ``y``: (n,) labels of those clips.
+    them; ``y``: (n,) labels of those clips; ``gates``: when the sources are normalised,
+    the raw sequences (same order) whose frames the speech gate reads.
     """
 
     sources: tuple[LldSequences, ...]
     rows: NDArray[np.int64]
     y: NDArray[np.int64]
+    gates: tuple[LldSequences, ...] | None = None
 
 
 def train_net(
@@ -489,9 +595,12 @@ def train_net(
     # (source, clip) pairs and the crop starts that pass the speech gate, computed once
     pairs = [(s, int(i)) for s in range(len(train_set.sources)) for i in train_set.rows]
     labels = np.tile(train_set.y, len(train_set.sources))
+    gates = train_set.sources if train_set.gates is None else train_set.gates
+    if len(gates) != len(train_set.sources):
+        raise ConfigError(f"{len(gates)} gate sequences for {len(train_set.sources)} sources")
     allowed = [
         speech_starts(
-            lld=train_set.sources[s].clip(i),
+            lld=gates[s].clip(i),
             crop_frames=config.crop_frames,
             min_voiced_frames=config.min_voiced_frames,
         )
@@ -766,17 +875,24 @@ def temporal_clip_probabilities(
     onnx_path: Path,
     progress: bool = True,
     desc: str = "train",
+    gate_seqs: tuple[LldSequences, LldSequences] | None = None,
 ) -> tuple[ClipProbabilities, dict[str, Any]]:
     """Train on clips ``train_rows`` of ``dataset``, export ONNX to ``onnx_path`` and score
     clips ``test_rows`` through onnxruntime.
 
     ``test_seqs``/``train_seqs``: LLD sequences of every clip of ``dataset`` (mu-law /
-    augmented); ``train_rows``, ``test_rows``: (n,) labelled clip indices. Returns the
-    clip probabilities and the split's bookkeeping (clip and window counts, ONNX vs
-    torch difference, training time).
+    augmented); ``train_rows``, ``test_rows``: (n,) labelled clip indices; ``gate_seqs``:
+    the raw (mu-law, augmented) sequences for the speech gate when those are normalised.
+    Returns the clip probabilities and the split's bookkeeping (clip and window counts,
+    ONNX vs torch difference, training time).
     """
     started = time.monotonic()
-    train_set = TrainSet(sources=(test_seqs, train_seqs), rows=train_rows, y=dataset.y[train_rows])
+    train_set = TrainSet(
+        sources=(test_seqs, train_seqs),
+        rows=train_rows,
+        y=dataset.y[train_rows],
+        gates=gate_seqs,
+    )
     net = train_net(train_set=train_set, config=config, progress=progress, desc=desc)
     train_s = time.monotonic() - started
     export_onnx(net=net, path=onnx_path, crop_frames=config.crop_frames)
@@ -786,6 +902,7 @@ def temporal_clip_probabilities(
         crop_frames=config.crop_frames,
         hop_frames=config.hop_frames,
         min_voiced_frames=config.min_voiced_frames,
+        gate_seqs=None if gate_seqs is None else gate_seqs[0],
     )
     session = onnx_session(onnx_path)
     p_onnx = onnx_probabilities(session=session, windows=windows)
@@ -814,12 +931,13 @@ def evaluate_temporal(
     config: TrainConfig,
     work_dir: Path,
     progress: bool = True,
+    gate_seqs: tuple[LldSequences, LldSequences] | None = None,
 ) -> tuple[dict[str, Any], dict[str, ClipProbabilities]]:
     """Leave-one-corpus-out: per held-out four-class corpus, train on the other corpora's
     labelled clips, export ONNX, score the held-out clips through onnxruntime.
 
     ``test_seqs``/``train_seqs``: LLD sequences of every clip of ``dataset`` (mu-law /
-    augmented). Returns per-corpus metrics, the mean UAR and AUC, and timings; and the
+    augmented); ``gate_seqs``: their raw versions for the speech gate when normalised. Returns per-corpus metrics, the mean UAR and AUC, and timings; and the
     held-out clips' probabilities per corpus (for late fusion).
     """
     labelled = dataset.y != NO_LABEL
@@ -836,6 +954,7 @@ def evaluate_temporal(
             onnx_path=work_dir / f"temporal-{config.arch}-without-{name}.onnx",
             progress=progress,
             desc=f"train without {name}",
+            gate_seqs=gate_seqs,
         )
         block = probability_metrics(clips)
         block.update(info)
@@ -956,6 +1075,7 @@ def training_corpora_fusion_weight(
     seed: int,
     candidate: str,
     progress: bool = True,
+    gate_seqs: tuple[LldSequences, LldSequences] | None = None,
 ) -> dict[str, Any]:
     """The fusion weight for held-out ``held_out``, chosen on its training corpora only.
 
@@ -989,6 +1109,7 @@ def training_corpora_fusion_weight(
             onnx_path=work_dir / f"temporal-{config.arch}-without-{held_out}-{name}.onnx",
             progress=progress,
             desc=f"inner: without {held_out}, {name}",
+            gate_seqs=gate_seqs,
         )
         functionals = functionals_clip_probabilities(
             dataset=dataset,
@@ -1194,14 +1315,17 @@ def _pct(v: float | None) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """Markdown comparison: per held-out corpus UAR, angry AUC and per-class recall,
     then the per-window latency."""
+    speaker = "input_normalisation" in report
+    tag = ", per-speaker z-scored LLDs (transductive)" if speaker else ""
     systems: dict[str, Any] = {
-        f"temporal {arch}": block for arch, block in report["temporal"].items()
+        f"temporal {arch}{tag}": block for arch, block in report["temporal"].items()
     }
-    systems["functionals (shipped recipe)"] = report["functionals"]
+    raw = ", raw features" if speaker else ""
+    systems[f"functionals (shipped recipe{raw})"] = report["functionals"]
     for arch, fusion in (report.get("fusion") or {}).get("per_arch", {}).items():
-        systems[f"fused {arch} + functionals, w=0.5"] = fusion["equal_weight"]
+        systems[f"fused {arch}{tag} + functionals{raw}, w=0.5"] = fusion["equal_weight"]
         if "training_corpora_weight" in fusion:
-            systems[f"fused {arch} + functionals, w from training corpora"] = fusion[
+            systems[f"fused {arch}{tag} + functionals{raw}, w from training corpora"] = fusion[
                 "training_corpora_weight"
             ]
     corpora = list(report["functionals"]["per_corpus"])
@@ -1333,6 +1457,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train_seqs = lld_sequences(
         clips=emo.clips, condition="train", seed=args.seed, progress=progress
     )
+    gate_seqs: tuple[LldSequences, LldSequences] | None = None
+    input_normalisation: dict[str, Any] | None = None
+    if args.speaker_norm:
+        # transductive: every speaker's statistics from all of its clips, test speakers
+        # included; the speech gate keeps reading the raw frames
+        gate_seqs = (test_seqs, train_seqs)
+        speakers = [c.speaker for c in emo.clips]
+        test_seqs, test_stats = speaker_normalise(seqs=test_seqs, speaker=speakers)
+        train_seqs, train_stats = speaker_normalise(seqs=train_seqs, speaker=speakers)
+        input_normalisation = {
+            "method": "per-speaker z-score of the network input (transductive upper bound)",
+            "description": SPEAKER_NORM_DESCRIPTION,
+            "std_shrink": SPEAKER_STD_SHRINK,
+            "speakers": len(test_stats.mean),
+            "unchanged_lld": [n for n, u in zip(LLD_NAMES, test_stats.unchanged, strict=True) if u],
+            "unchanged_lld_augmented": [
+                n for n, u in zip(LLD_NAMES, train_stats.unchanged, strict=True) if u
+            ],
+            "speech_frames_min_per_speaker": min(test_stats.speech_frames.values()),
+            "functionals_row": "raw functionals (normalisation none), not speaker-normalised",
+        }
     work_dir = Path(args.work_dir)
     temporal: dict[str, Any] = {}
     temporal_probabilities: dict[str, dict[str, ClipProbabilities]] = {}
@@ -1344,6 +1489,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             config=config,
             work_dir=work_dir,
             progress=progress,
+            gate_seqs=gate_seqs,
         )
         n_parameters = sum(
             int(p.numel())
@@ -1400,6 +1546,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         seed=args.seed,
                         candidate=DEFAULT_CANDIDATE,
                         progress=progress,
+                        gate_seqs=gate_seqs,
                     )
                     for name in corpora
                 }
@@ -1430,6 +1577,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         crop_frames=args.crop_frames,
         hop_frames=args.hop_frames,
         min_voiced_frames=configs[0].min_voiced_frames,
+        gate_seqs=None if gate_seqs is None else gate_seqs[0],
     )
     latency = measure_latency(
         onnx_paths={
@@ -1458,6 +1606,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "torch": str(th.__version__),
         },
         "metrics_from": "onnxruntime on each split's exported graph",
+        **({} if input_normalisation is None else {"input_normalisation": input_normalisation}),
         "temporal": temporal,
         "functionals": functionals,
         "difference_vs_functionals": {
@@ -1575,6 +1724,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path(".cache/temporal"),
         metavar="DIR",
         help="exported per-split ONNX graphs go here (default .cache/temporal)",
+    )
+    parser.add_argument(
+        "--speaker-norm",
+        action="store_true",
+        help="z-score every speaker's LLD frames with that speaker's speech-frame statistics "
+        "over all its clips, test speakers included (transductive upper bound for per-call "
+        "normalisation; the functionals row stays on raw features)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
