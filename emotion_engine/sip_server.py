@@ -224,6 +224,8 @@ class SipServer:
         self._local_cache: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._answered = asyncio.Event()  # set while no BYE of the engine awaits its answer
+        # each stream's audio is held per leg and handed over once per engine tick
+        service.add_source(self._take_audio, source=SOURCE)
         service.metrics.gauge(
             "emotion_engine_sip_calls_active",
             "SIP calls (dialogs) open, ringing or answered.",
@@ -431,6 +433,7 @@ class SipServer:
             leg_timeout_s=self.params.rtp_leg_timeout_s,
             party=out.party,
             dtmf_payload_type=out.dtmf_pt,
+            coalesce_audio=True,
         )
         assert self._loop is not None
         media.last_packet = self._loop.time()
@@ -493,6 +496,14 @@ class SipServer:
             out.append(item)
         if out:
             self.service.submit(out, source=SOURCE)
+
+    def _take_audio(self) -> list[IngestOutput]:
+        """Every open stream's held audio (``EngineService`` source, once per tick)."""
+        out: list[IngestOutput] = []
+        for media in self._media.values():
+            if media.ingest is not None and not media.closed:
+                out += media.ingest.take_audio()
+        return out
 
     async def _poll_media(self) -> None:
         loop = asyncio.get_running_loop()
