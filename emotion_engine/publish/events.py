@@ -149,9 +149,7 @@ def _plain(value: Any) -> Any:
     """
     kind = type(value)
     if kind is float:
-        if not math.isfinite(value):
-            raise EventError(f"non-finite number {value!r} in an event")
-        return round(value, FLOAT_DECIMALS) + 0.0  # +0.0: no "-0.0" (see _plain_any)
+        return _plain_float(value)
     if kind is str or kind is bool or kind is int or value is None:
         return value
     if kind is dict:
@@ -159,6 +157,14 @@ def _plain(value: Any) -> Any:
     if kind is list or kind is tuple:
         return [_plain(v) for v in value]
     return _plain_any(value)
+
+
+def _plain_float(x: float) -> float:
+    """``x`` rounded to ``FLOAT_DECIMALS``; EventError for NaN and infinities."""
+    if not math.isfinite(x):
+        raise EventError(f"non-finite number {x!r} in an event")
+    # +0.0 avoids "-0.0" in the output after rounding a tiny negative
+    return round(x, FLOAT_DECIMALS) + 0.0
 
 
 def _plain_any(value: Any) -> Any:
@@ -170,11 +176,7 @@ def _plain_any(value: Any) -> Any:
     if isinstance(value, int | np.integer):
         return int(value)
     if isinstance(value, float | np.floating):
-        x = float(value)
-        if not math.isfinite(x):
-            raise EventError(f"non-finite number {x!r} in an event")
-        # +0.0 avoids "-0.0" in the output after rounding a tiny negative
-        return round(x, FLOAT_DECIMALS) + 0.0
+        return _plain_float(float(value))
     if isinstance(value, np.ndarray):
         return [_plain(v) for v in value.tolist()]
     if isinstance(value, Mapping):
