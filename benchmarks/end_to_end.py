@@ -1,6 +1,6 @@
 """End to end over the network: N RTP legs into ``serve``, delay to the event, find the knee.
 
-    python -m benchmarks.end_to_end [--quick | --full] [--legs 100 200 300 400 500 600] [--seconds 10]
+    python -m benchmarks.end_to_end [--quick | --full] [--legs 100 200 ... 600] [--seconds 10]
 
 For each N, on loopback:
 

@@ -12,9 +12,9 @@ of the collector's sight (``gc.freeze()``) and collects the young generation eve
 batches.
 
 Measured in process, RTP receive + engine at 500 legs (one core, the threshold alone,
-two alternated pairs): 8-12 % less CPU per packet. The engine alone (``benchmarks.throughput``, which
-allocates far less per packet) showed no difference beyond run-to-run noise, so the
-benchmarks keep CPython's defaults.
+two alternated pairs): 8-12 % less CPU per packet. The engine alone
+(``benchmarks.throughput``, which allocates far less per packet) showed no difference
+beyond run-to-run noise, so the benchmarks keep CPython's defaults.
 """
 
 from __future__ import annotations

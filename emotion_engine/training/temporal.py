@@ -937,8 +937,9 @@ def evaluate_temporal(
     labelled clips, export ONNX, score the held-out clips through onnxruntime.
 
     ``test_seqs``/``train_seqs``: LLD sequences of every clip of ``dataset`` (mu-law /
-    augmented); ``gate_seqs``: their raw versions for the speech gate when normalised. Returns per-corpus metrics, the mean UAR and AUC, and timings; and the
-    held-out clips' probabilities per corpus (for late fusion).
+    augmented); ``gate_seqs``: their raw versions for the speech gate when normalised.
+    Returns per-corpus metrics, the mean UAR and AUC, and timings; and the held-out
+    clips' probabilities per corpus (for late fusion).
     """
     labelled = dataset.y != NO_LABEL
     per_corpus: dict[str, Any] = {}
