@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
@@ -67,8 +68,13 @@ RTP_POLL_S = 0.5
 RTP_DRAIN_MAX = 512  # datagrams per wake-up, so other sockets still get their turn
 RTP_BATCH_S = 0.005  # pause between RTP wake-ups, so each one handles a batch (_RtpReader)
 RTP_MAX_DATAGRAM = 2048
+# At engine ticks, datagrams are read into a (rows, RTP_MAX_DATAGRAM) buffer (8 MiB,
+# touched only as far as used): 4,096 rows hold one tick of 800 legs, so a leg's
+# packets of a tick are handled together; rounds bound the work per tick in a flood.
+RTP_TICK_READ_ROWS = 4096
+RTP_TICK_READ_MAX_ROUNDS = 8
 JSON_CACHE_EVENTS = 4096  # events whose JSON text is kept for the next subscriber
-# ~0.2 s of 1,000 legs: what arrives while the engine runs a step waits here (_RtpReader)
+# ~0.2 s of 1,000 legs: what arrives between two reads at engine ticks waits here (_RtpReader)
 RTP_RCVBUF_BYTES = 4 << 20
 
 
@@ -139,25 +145,25 @@ class Addresses:
 class _RtpReader:
     """Reads RTP datagrams from a non-blocking UDP socket in batches.
 
-    Each wake-up drains whatever the kernel queued (up to ``RTP_DRAIN_MAX``), hands it
-    to the core and the engine in one go, then stops watching the socket for
-    ``RTP_BATCH_S`` so that the next wake-up finds a batch again. asyncio's datagram
-    transport reads one datagram per wake-up, and every wake-up of this thread also
-    has to win the GIL back from the engine thread; draining alone still woke the
-    loop 2-4x as often, for ~8 % more CPU per packet (300 legs on loopback). The
-    pause adds at most ``RTP_BATCH_S`` before audio is queued for the engine, which
-    only runs every 100 ms tick anyway; the kernel holds the packets meanwhile.
+    **At engine ticks** (when the kernel granted the receive buffer asked for,
+    ``RTP_RCVBUF_BYTES``): the socket is not watched at all. At every engine tick,
+    just before the step, :meth:`read_for_tick` reads everything queued into one
+    preallocated buffer (``recvfrom_into``: no bytes object per datagram) and hands
+    it to :meth:`RtpIngest.receive_batch`, which parses the headers with numpy and
+    gives each leg's ~5 packets of the tick to its jitter buffer as one run. Audio
+    only reaches the engine at a tick anyway, so reading earlier bought no latency;
+    reading per wake-up cost a Python call chain per datagram (~9 us of ~33 us a packet
+    cost end to end at 500 legs on one core, py-spy) and, while a step ran, one GIL
+    hand-over per datagram (each ``recvfrom`` releases the GIL to the busy engine
+    thread: ~7 us a packet at 300 legs). The packets wait in the kernel instead: one
+    tick plus one step of them, ~0.2 s of 1,000 legs.
 
-    While the engine thread runs a step, the socket is not read at all. Every
-    ``recvfrom`` releases the GIL, and a thread that releases it to a busy engine
-    thread waits for it again: reading during a step cost one GIL hand-over (two
-    context switches) per datagram, about 7 us of the 55 us a packet cost end to end
-    at 300 legs on one core (against the same path run inline). The packets wait in
-    the kernel's receive buffer instead (``RTP_RCVBUF_BYTES``) and are read as one
-    backlog when the step ends, when the engine is idle. That needs the buffer the
-    socket asked for: where net.core.rmem_max caps it below that (Linux's default is
-    208 KiB, ~100 datagrams), a 40 ms step at 500 legs would overflow it, so the
-    reader then goes on reading during steps, at the higher CPU cost, and says so once.
+    **Per wake-up** (where net.core.rmem_max caps the buffer below that; Linux's
+    default, 208 KiB, holds ~100 datagrams, fewer than 500 legs send in one tick):
+    each wake-up drains what is queued (up to ``RTP_DRAIN_MAX``) through
+    :meth:`RtpIngest.receive_datagram`, then the reader stops watching for
+    ``RTP_BATCH_S`` so the next wake-up finds a batch again, and it reads during
+    steps too. It says so once, with the sysctl that lifts the cap.
     """
 
     def __init__(self, core: RtpIngest, service: EngineService, sock: socket.socket) -> None:
@@ -168,21 +174,21 @@ class _RtpReader:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._watching = False
-        self._stepping = False
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        self.pauses_during_steps = granted >= RTP_RCVBUF_BYTES  # Linux reports double
-        if self.pauses_during_steps:
-            service.add_step_listener(self._on_step)
-        else:
-            log.warning(
-                "rtp: the socket's receive buffer is %d KiB, not the %d KiB asked for "
-                "(net.core.rmem_max caps it), too small to hold the packets that arrive "
-                "while the engine runs a step; RTP is read during steps too, which costs "
-                "more CPU per packet. For full capacity: sysctl -w net.core.rmem_max=%d",
-                granted // 1024,
-                RTP_RCVBUF_BYTES // 1024,
-                RTP_RCVBUF_BYTES,
-            )
+        self.reads_at_ticks = granted >= RTP_RCVBUF_BYTES  # Linux reports double
+        self._datagrams = np.zeros((0, RTP_MAX_DATAGRAM), np.uint8)
+        if self.reads_at_ticks:
+            self._datagrams = np.zeros((RTP_TICK_READ_ROWS, RTP_MAX_DATAGRAM), np.uint8)
+            return
+        log.warning(
+            "rtp: the socket's receive buffer is %d KiB, not the %d KiB asked for "
+            "(net.core.rmem_max caps it), too small to hold the packets of one engine "
+            "tick; RTP is read as it arrives, which costs more CPU per packet. For full "
+            "capacity: sysctl -w net.core.rmem_max=%d",
+            granted // 1024,
+            RTP_RCVBUF_BYTES // 1024,
+            RTP_RCVBUF_BYTES,
+        )
         self._watch()
 
     def close(self) -> None:
@@ -194,8 +200,50 @@ class _RtpReader:
         self._unwatch()
         self.sock.close()
 
+    # -- at engine ticks --------------------------------------------------------------
+
+    def read_for_tick(self) -> list[IngestOutput]:
+        """Read and handle everything queued on the socket (at most
+        ``RTP_TICK_READ_MAX_ROUNDS`` buffers full; the rest waits for the next tick).
+        Returns what the core produced (legs started, violations); the audio stays
+        held in the core until :meth:`RtpIngest.take_audio`."""
+        if self._closed or not self.reads_at_ticks:
+            return []
+        outputs: list[IngestOutput] = []
+        recv_into = self.sock.recvfrom_into
+        view = self._datagrams.reshape(-1).data
+        stride, rows = RTP_MAX_DATAGRAM, self._datagrams.shape[0]
+        for _ in range(RTP_TICK_READ_MAX_ROUNDS):
+            sizes: list[int] = []
+            addrs: list[Any] = []
+            n = 0
+            while n < rows:
+                try:
+                    size, addr = recv_into(view[n * stride : (n + 1) * stride])
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. ICMP errors queued on the socket
+                    log.warning("rtp socket error: %s", exc)
+                    continue
+                sizes.append(size)
+                addrs.append(addr)
+                n += 1
+            if n:
+                try:
+                    outputs += self.core.receive_batch(
+                        self._datagrams, sizes, addrs, self._loop.time()
+                    )
+                except Exception:  # a bug, not bad input (the core reports that)
+                    log.exception("rtp: a batch of %d datagrams could not be handled", n)
+                    self.service.metrics.protocol_error("rtp")
+            if n < rows:
+                break
+        return outputs
+
+    # -- per wake-up ------------------------------------------------------------------
+
     def _watch(self) -> None:
-        if not self._watching and not self._closed and not self._stepping:
+        if not self._watching and not self._closed:
             self._loop.add_reader(self.sock.fileno(), self._ready)
             self._watching = True
 
@@ -203,13 +251,6 @@ class _RtpReader:
         if self._watching:
             self._loop.remove_reader(self.sock.fileno())
             self._watching = False
-
-    def _on_step(self, running: bool) -> None:
-        self._stepping = running
-        if running:
-            self._unwatch()
-        elif self._timer is None:  # else the pause's timer watches again when it fires
-            self._watch()
 
     def _ready(self) -> None:
         self._unwatch()
@@ -292,7 +333,7 @@ class EngineServer:
         self.rtp = RtpIngest(
             leg_timeout_s=params.rtp_leg_timeout_s, party=params.rtp_party, coalesce_audio=True
         )
-        self.service.add_source(self.rtp.take_audio, source="rtp")
+        self.service.add_source(self._take_rtp, source="rtp")
         self._ws: WsServer | None = None
         self._udp: _RtpReader | None = None
         self._tcp: asyncio.Server | None = None
@@ -426,6 +467,13 @@ class EngineServer:
         if self._ws is not None:
             self._ws.close()
             await self._ws.wait_closed()
+
+    def _take_rtp(self) -> list[IngestOutput]:
+        """At each engine tick: what the RTP socket holds (when the reader reads at
+        ticks), then every leg's held audio (legs started come before their audio)."""
+        outputs = self._udp.read_for_tick() if self._udp is not None else []
+        outputs += self.rtp.take_audio()
+        return outputs
 
     async def _poll_rtp(self) -> None:
         loop = asyncio.get_running_loop()

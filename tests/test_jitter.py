@@ -233,3 +233,103 @@ def test_flush_then_old_packet_is_late(signal: NDArray[np.int16]) -> None:
 def test_bad_parameters(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError, match=str(next(iter(kwargs.values())))):
         JitterBuffer(**kwargs)  # type: ignore[arg-type]
+
+
+def jitter_state(jb: JitterBuffer) -> tuple[object, ...]:
+    """Everything that decides what a buffer does next (its private fields)."""
+    return (
+        {s: (ts, pcm.tolist()) for s, (ts, pcm) in jb._pending.items()},
+        jb._max_ext_seq,
+        jb._ref_ext_ts,
+        jb._last_released_seq,
+        jb._released_recent,
+        jb._ts_shift,
+        jb._next_ts,
+        jb._first_ts,
+        jb._last_pcm.tolist(),
+        jb.stats,
+    )
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_push_run_is_push_of_each_row(depth: int) -> None:
+    """push_run of consecutive packets equals push of each, on a long stream (wrapping
+    counters, > 2,048 released numbers so the history is trimmed) where the runs are
+    now steady, now broken by loss, reordering, duplicates, a timestamp jump
+    (silence), a sender restart (resync) and a placeholder; the state afterwards is
+    equal too, so whatever comes next is handled alike."""
+    rng = random.Random(depth)
+    n = 80
+    signal = np.random.default_rng(depth).integers(-30000, 30000, 6000 * n).astype(np.int16)
+    packets = make_packets(signal, [n], seq0=65000, ts0=2**32 - 50 * n)
+    delivered: list[Packet] = []
+    k = 0
+    while k < len(packets):
+        r = rng.random()
+        seq, ts, pcm = packets[k]
+        if r < 0.02:
+            k += rng.randrange(1, 4)  # loss
+            continue
+        if r < 0.03 and k + 1 < len(packets):  # reordered pair
+            delivered += [packets[k + 1], packets[k]]
+            k += 2
+            continue
+        if r < 0.035:
+            delivered += [packets[k], packets[k]]  # duplicate
+        elif r < 0.04:
+            delivered.append((seq, (ts + 4000) % 2**32, pcm))  # DTX jump
+        elif r < 0.042:
+            delivered.append((seq, (ts + 2**30) % 2**32, pcm))  # restart: resync
+        elif r < 0.045:
+            delivered.append((seq, ts, np.zeros(0, np.int16)))  # placeholder
+        else:
+            delivered.append(packets[k])
+        k += 1
+    one, runs = JitterBuffer(depth_packets=depth), JitterBuffer(depth_packets=depth)
+    by_one: list[tuple[int, NDArray[np.int16]]] = []
+    by_runs: list[tuple[int, NDArray[np.int16]]] = []
+    steady_runs = 0
+    i = 0
+    while i < len(delivered):
+        # the longest run of consecutive packets from i, up to a random length
+        j = i + 1
+        limit = i + rng.randrange(1, 9)
+        while (
+            j < min(limit, len(delivered))
+            and delivered[j][0] == (delivered[j - 1][0] + 1) % 65536
+            and delivered[j][1] == (delivered[j - 1][1] + n) % 2**32
+            and delivered[j][2].size == n == delivered[i][2].size
+        ):
+            j += 1
+        run_packets = delivered[i:j]
+        for seq, ts, pcm in run_packets:
+            by_one += one.push(seq, ts, pcm)
+        if run_packets[0][2].size == n:
+            received = runs.stats.received
+            pieces = runs.push_run(
+                run_packets[0][0], run_packets[0][1], np.stack([p for _, _, p in run_packets])
+            )
+            steady_runs += len(run_packets) > 1 and runs.stats.received == received + len(
+                run_packets
+            )
+            by_runs += pieces
+        else:
+            by_runs += runs.push(*run_packets[0])
+        assert jitter_state(runs) == jitter_state(one)
+        i = j
+    by_one += one.flush()
+    by_runs += runs.flush()
+    assert_contiguous(by_runs)
+    assert by_runs[0][0] == by_one[0][0]
+    np.testing.assert_array_equal(concat(by_runs), concat(by_one))
+    assert jitter_state(runs) == jitter_state(one)
+    s = one.stats
+    assert s.lost and s.late and s.duplicates and s.resyncs and s.silence_samples
+    assert s.reordered or depth == 0  # with no depth, a reordered packet is late
+    assert len(by_runs) < 0.9 * len(by_one)  # rows of a run came out joined
+    assert steady_runs > 500
+
+
+def test_push_run_rejects_a_flat_array() -> None:
+    with pytest.raises(ValueError, match=r"\(k, n\)"):
+        JitterBuffer().push_run(0, 0, np.zeros(160, np.int16))

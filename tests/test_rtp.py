@@ -629,3 +629,145 @@ def test_datagram_adapter_over_loopback() -> None:
         audio, ulaw_ref(b"".join(RtpPacket.parse(p).payload for p in packets))
     )
     assert [o.reason for o in out if isinstance(o, LegEnded)] == ["timeout"]
+
+
+# -- receive_batch: a tick's datagrams at once ---------------------------------------------
+
+
+def multi_peer_records() -> list[tuple[float, tuple[Any, ...], bytes]]:
+    """Legs from many peers, as a media gateway sends them: interleaved, locally
+    disordered (swaps, duplicates, drops), counters wrapping, one leg switching codec,
+    one restarting, one changing packet size, one IPv6 peer (4-field address), two legs
+    on one peer, more legs than allowed; plus a peer that also sends DTMF, comfort
+    noise, RTCP and junk among its audio, and one padded packet."""
+    rng = random.Random(5)
+    legs: list[tuple[tuple[Any, ...], list[bytes]]] = [
+        (("198.51.100.1", 4000), stream(0x100, 150, seq0=65450, ts0=2**32 - 9000)),
+        (("198.51.100.1", 4002), stream(0x200, 150, pt=8)),
+        # a second SSRC on the same peer, whose sequence numbers jump (timestamps do not)
+        (("198.51.100.1", 4002), stream(0x201, 75) + stream(0x201, 75, seq0=40000, ts0=12000)),
+        (
+            ("198.51.100.2", 4000),
+            stream(0x300, 70) + stream(0x300, 80, pt=8, seq0=70, ts0=70 * 160),
+        ),
+        (("198.51.100.3", 4000), stream(0x400, 70) + stream(0x400, 80, seq0=9000, ts0=77777)),
+        (("2001:db8::5", 4000, 0, 0), stream(0x500, 150)),
+        (("198.51.100.4", 4000), stream(0x600, 150)),  # becomes the odd peer
+    ] + [(("198.51.100.9", 5000 + i), stream(0x700 + i, 40)) for i in range(4)]
+    # leg 0x800: 20 ms packets, then 30 ms ones (a different size mid-stream)
+    legs.append(
+        (
+            ("198.51.100.5", 4000),
+            stream(0x800, 60)
+            + [
+                RtpPacket(
+                    payload_type=0,
+                    sequence=60 + i,
+                    timestamp=60 * 160 + 240 * i,
+                    ssrc=0x800,
+                    payload=bytes(range(240)),
+                ).serialize()
+                for i in range(60)
+            ],
+        )
+    )
+    # one padded packet of the usual size (156 samples and 4 bytes of padding)
+    padded = RtpPacket(0, 50, 50 * 160, 0x500, payload=bytes(range(156)), padding=4)
+    legs[5][1][50] = padded.serialize()
+    odd = ("198.51.100.4", 4000)
+    arrivals: list[tuple[tuple[Any, ...], bytes]] = []
+    longest = max(len(packets) for _, packets in legs)
+    for k in range(longest):
+        for peer, packets in legs:
+            if k < len(packets):
+                arrivals.append((peer, packets[k]))
+        if k in (30, 90):
+            seq, ts = (k + 1) % 65536, (k + 1) * 160
+            arrivals += [
+                (odd, RtpPacket(101, seq, ts, 0x600, payload=bytes(4)).serialize()),
+                (odd, RtpPacket(13, seq, ts, 0x600, payload=b"\x40").serialize()),
+                (odd, bytes([0x80, 200, 0, 6]) + bytes(24)),  # RTCP sender report
+                (odd, rng.randbytes(rng.randrange(1, 40))),
+            ]
+    for i in range(len(arrivals) - 1):
+        r = rng.random()
+        if r < 0.04:
+            arrivals[i], arrivals[i + 1] = arrivals[i + 1], arrivals[i]
+        elif r < 0.06:
+            arrivals[i] = arrivals[i + 1]
+        elif r < 0.08:
+            arrivals[i] = (arrivals[i][0], b"")
+    return [(i * 0.0005, peer, data) for i, (peer, data) in enumerate(arrivals)]
+
+
+def as_batch(
+    records: list[tuple[float, tuple[Any, ...], bytes]], stride: int = 512
+) -> tuple[NDArray[np.uint8], list[int], list[tuple[Any, ...]]]:
+    """Datagrams as the server's reader lays them out: one row of ``stride`` each."""
+    buf = np.zeros((len(records), stride), np.uint8)
+    for i, (_, _, data) in enumerate(records):
+        buf[i, : len(data)] = np.frombuffer(data, np.uint8)
+    return buf, [len(d) for _, _, d in records], [peer for _, peer, _ in records]
+
+
+def test_receive_batch_is_receive_datagram_of_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 1-400 datagrams (a tick's worth at hundreds of legs) give every leg the
+    same events, the same held audio at each take and the same counters as one
+    datagram at a time; most packets took the run path (few per-packet pushes)."""
+    from emotion_engine.ingest import jitter
+
+    pushes = 0
+    push = jitter.JitterBuffer.push
+
+    def counting_push(self: jitter.JitterBuffer, *args: Any) -> Any:
+        nonlocal pushes
+        pushes += 1
+        return push(self, *args)
+
+    monkeypatch.setattr(jitter.JitterBuffer, "push", counting_push)
+    records = multi_peer_records()
+    rng = random.Random(3)
+    one = RtpIngest(max_legs=11, coalesce_audio=True)
+    batched = RtpIngest(max_legs=11, coalesce_audio=True)
+    want: list[IngestOutput] = []
+    got: list[IngestOutput] = []
+    pushes_one = 0
+    i = 0
+    while i < len(records):
+        batch = records[i : i + rng.randrange(1, 400)]
+        now = batch[-1][0]
+        before = pushes
+        for _, peer, data in batch:
+            want += one.receive_datagram(data, peer, now)
+        pushes_one += pushes - before
+        got += batched.receive_batch(*as_batch(batch), now)
+        want += one.take_audio()
+        got += batched.take_audio()
+        i += len(batch)
+    end = records[-1][0] + 10.0
+    want += one.poll(end)
+    got += batched.poll(end)
+
+    def of_leg(out: list[IngestOutput], name: str) -> list[IngestOutput]:
+        return [o for o in out if getattr(o, "call_id", None) == name]
+
+    names = {o.call_id for o in want if isinstance(o, LegStarted)}
+    assert len(names) == 11  # max_legs: the 12th leg was refused
+    assert names == {o.call_id for o in got if isinstance(o, LegStarted)}
+    for name in names:
+        assert_same_outputs(of_leg(got, name), of_leg(want, name))
+        assert batched.leg_stats(name) == one.leg_stats(name)
+
+    def violations(out: list[IngestOutput]) -> list[str]:
+        return sorted(o.message for o in out if isinstance(o, ProtocolViolation))
+
+    assert violations(got) == violations(want)
+    assert any("legs already open" in m for m in violations(want))
+    assert any(isinstance(o, Dtmf) for o in got)
+    assert batched.rtcp_ignored == one.rtcp_ignored > 0
+    assert batched.packets_lost_total() == one.packets_lost_total() > 0
+    assert pushes - pushes_one < pushes_one / 2  # the run path did most of the work
+
+
+def test_receive_batch_of_nothing() -> None:
+    assert RtpIngest().receive_batch(np.zeros((0, 512), np.uint8), [], [], 0.0) == []

@@ -1,7 +1,10 @@
-"""serve's RTP socket reader (``server._RtpReader``) over real loopback UDP: it drains
-in batches, pauses between wake-ups, survives bad input and its own bugs, and closes.
+"""serve's RTP socket reader (``server._RtpReader``) over real loopback UDP, in both of
+its modes: reading at engine ticks (the kernel granted the receive buffer) and reading
+as datagrams arrive (it did not: drains in batches, pauses between wake-ups). Either
+way it survives bad input and its own bugs, and closes.
 
-No engine: a stand-in service records what the reader submits.
+No engine: a stand-in service records what the reader submits; the tests call
+``read_for_tick`` where the service would, at a tick.
 """
 
 from __future__ import annotations
@@ -25,21 +28,12 @@ from emotion_engine.publish.metrics import Metrics
 
 
 class FakeService:
-    """What the reader uses of EngineService: ``submit``, ``metrics`` and
-    ``add_step_listener`` (``step(running)`` plays the engine's step notices)."""
+    """What the reader uses of EngineService: ``submit`` and ``metrics``."""
 
     def __init__(self) -> None:
         self.metrics = Metrics()
         self.batches: list[tuple[float, list[IngestOutput]]] = []
         self.changed = asyncio.Event()
-        self.step_listeners: list[Callable[[bool], None]] = []
-
-    def add_step_listener(self, listener: Callable[[bool], None]) -> None:
-        self.step_listeners.append(listener)
-
-    def step(self, running: bool) -> None:
-        for listener in self.step_listeners:
-            listener(running)
 
     def submit(self, outputs: list[IngestOutput], *, source: str) -> None:
         assert source == "rtp"
@@ -70,6 +64,13 @@ def packets(ssrc: int, n: int) -> list[bytes]:
     ]
 
 
+@pytest.fixture
+def per_wake_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More than any net.core.rmem_max here grants: the reader reads as datagrams
+    arrive, not at ticks."""
+    monkeypatch.setattr(server, "RTP_RCVBUF_BYTES", 1 << 30)
+
+
 def start(core: RtpIngest) -> tuple[server._RtpReader, FakeService, socket.socket, int]:
     service = FakeService()
     sock = server._rtp_socket("127.0.0.1", 0)
@@ -79,7 +80,7 @@ def start(core: RtpIngest) -> tuple[server._RtpReader, FakeService, socket.socke
     return reader, service, client, sock.getsockname()[1]
 
 
-def test_drains_many_datagrams_per_wake_up_in_order() -> None:
+def test_drains_many_datagrams_per_wake_up_in_order(per_wake_up: None) -> None:
     legs = {ssrc: packets(ssrc, 400) for ssrc in (1, 2, 3)}
     junk = [b"", b"\x80", bytes(range(40))]
 
@@ -113,63 +114,7 @@ def test_drains_many_datagrams_per_wake_up_in_order() -> None:
         np.testing.assert_array_equal(np.concatenate([c.pcm for c in chunks]), want)
 
 
-def test_does_not_read_while_the_engine_runs_a_step() -> None:
-    stream, other = packets(5, 20), packets(6, 1)
-
-    async def main() -> tuple[int, int, int, int]:
-        reader, service, client, port = start(RtpIngest(jitter_depth_packets=0))
-        client.sendto(stream[0], ("127.0.0.1", port))
-        await service.until(lambda: len(service.outputs()) == 2)  # LegStarted + chunk
-        service.step(True)
-        for datagram in stream[1:]:
-            client.sendto(datagram, ("127.0.0.1", port))
-        await asyncio.sleep(0.2)  # 40 pauses' worth: the reader would have run by now
-        during_step = len(service.outputs())
-        service.step(False)
-        await service.until(lambda: len(service.outputs()) == 21)
-        after = len(service.outputs())
-        # A step that starts while the reader pauses between wake-ups: the pause's
-        # timer fires during the step and must not start reading either.
-        service.step(True)
-        client.sendto(other[0], ("127.0.0.1", port))
-        await asyncio.sleep(0.1)
-        during_second_step = len(service.outputs())
-        service.step(False)
-        await service.until(lambda: len(service.outputs()) == 23)
-        reader.close()
-        client.close()
-        return during_step, after, during_second_step, len(service.outputs())
-
-    during_step, after, during_second_step, final = asyncio.run(main())
-    assert during_step == 2  # the 19 datagrams waited in the kernel
-    assert after == 21  # and were all read once the step ended
-    assert during_second_step == 21
-    assert final == 23  # the new leg's LegStarted and chunk, read after the step
-
-
-def test_reads_during_steps_when_the_kernel_caps_the_receive_buffer(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # more than any net.core.rmem_max here grants: the buffer cannot hold a step's packets
-    monkeypatch.setattr(server, "RTP_RCVBUF_BYTES", 1 << 30)
-    stream = packets(9, 5)
-
-    async def main() -> tuple[bool, int]:
-        reader, service, client, port = start(RtpIngest(jitter_depth_packets=0))
-        service.step(True)  # a step that never ends: the datagrams are read anyway
-        for datagram in stream:
-            client.sendto(datagram, ("127.0.0.1", port))
-        await service.until(lambda: len(service.outputs()) == 6)  # LegStarted + 5 chunks
-        reader.close()
-        client.close()
-        return reader.pauses_during_steps, len(service.step_listeners)
-
-    pauses, listeners = asyncio.run(main())
-    assert not pauses and listeners == 0
-    assert "net.core.rmem_max" in caplog.text
-
-
-def test_pauses_between_wake_ups(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pauses_between_wake_ups(per_wake_up: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server, "RTP_BATCH_S", 0.3)
     stream = packets(7, 10)
 
@@ -188,7 +133,9 @@ def test_pauses_between_wake_ups(monkeypatch: pytest.MonkeyPatch) -> None:
     assert second - first >= 0.25  # not read before the pause ended
 
 
-def test_a_bug_in_the_core_costs_one_datagram(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bug_in_the_core_costs_one_datagram(
+    per_wake_up: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     core = RtpIngest(jitter_depth_packets=0)
     stream = packets(9, 20)
     real = core.receive_datagram
@@ -213,7 +160,7 @@ def test_a_bug_in_the_core_costs_one_datagram(monkeypatch: pytest.MonkeyPatch) -
     assert service.metrics.protocol_errors_total == {"rtp": 1}
 
 
-def test_close_stops_reading_and_closes_the_socket() -> None:
+def test_close_stops_reading_and_closes_the_socket(per_wake_up: None) -> None:
     async def main() -> None:
         reader, service, client, port = start(RtpIngest())
         client.sendto(packets(1, 1)[0], ("127.0.0.1", port))
@@ -227,7 +174,7 @@ def test_close_stops_reading_and_closes_the_socket() -> None:
     asyncio.run(main())
 
 
-def test_keeps_reading_after_a_failed_wake_up() -> None:
+def test_keeps_reading_after_a_failed_wake_up(per_wake_up: None) -> None:
     stream = packets(5, 4)
 
     async def main() -> FakeService:
@@ -254,3 +201,135 @@ def test_keeps_reading_after_a_failed_wake_up() -> None:
         return service
 
     asyncio.run(main())
+
+
+def test_reads_as_datagrams_arrive_when_the_kernel_caps_the_receive_buffer(
+    per_wake_up: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = packets(9, 5)
+
+    async def main() -> tuple[server._RtpReader, list[IngestOutput]]:
+        reader, service, client, port = start(RtpIngest(jitter_depth_packets=0))
+        for datagram in stream:
+            client.sendto(datagram, ("127.0.0.1", port))
+        await service.until(lambda: len(service.outputs()) == 6)  # LegStarted + 5 chunks
+        at_tick = reader.read_for_tick()
+        reader.close()
+        client.close()
+        return reader, at_tick
+
+    reader, at_tick = asyncio.run(main())
+    assert not reader.reads_at_ticks and at_tick == []
+    assert "net.core.rmem_max" in caplog.text
+
+
+# -- reading at engine ticks ---------------------------------------------------------------
+
+
+def test_reads_only_at_ticks_everything_queued_in_order() -> None:
+    """Nothing is read between ticks; a tick reads all 1,203 queued datagrams, in
+    rounds of RTP_TICK_READ_ROWS, and the held audio is exactly what was sent."""
+    legs = {ssrc: packets(ssrc, 400) for ssrc in (1, 2, 3)}
+    junk = [b"", b"\x80", bytes(range(40))]
+
+    async def main() -> tuple[server._RtpReader, FakeService, list[IngestOutput], int]:
+        core = RtpIngest(coalesce_audio=True)
+        reader, service, client, port = start(core)
+        for i in range(400):
+            for ssrc in legs:
+                client.sendto(legs[ssrc][i], ("127.0.0.1", port))
+            if i in (10, 200, 300):
+                client.sendto(junk.pop(), ("127.0.0.1", port))
+        await asyncio.sleep(0.1)  # the reader does not watch the socket
+        out = reader.read_for_tick() + core.take_audio()
+        out += reader.read_for_tick() + core.take_audio()  # nothing left
+        reader.close()
+        client_port: int = client.getsockname()[1]
+        client.close()
+        return reader, service, out, client_port
+
+    reader, service, out, client_port = asyncio.run(main())
+    assert reader.reads_at_ticks and service.batches == []
+    assert [o.call_id for o in out if isinstance(o, LegStarted)] == [
+        f"rtp-127.0.0.1-{client_port}-{ssrc:08x}" for ssrc in (1, 2, 3)
+    ]
+    assert sum(isinstance(o, ProtocolViolation) for o in out) == 3
+    for ssrc, sent in legs.items():
+        (chunk,) = [
+            o for o in out if isinstance(o, AudioChunk) and o.call_id.endswith(f"{ssrc:08x}")
+        ]
+        assert chunk.t == 0.0
+        want = ulaw_decode(np.frombuffer(b"".join(p[12:] for p in sent[:397]), np.uint8))
+        np.testing.assert_array_equal(chunk.pcm, want)  # all but the 3 the jitter buffer holds
+
+
+def test_a_tick_reads_a_bounded_number_of_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood is read over several ticks (RTP_TICK_READ_MAX_ROUNDS buffers a tick),
+    so one tick cannot take forever; nothing is lost on the way."""
+    monkeypatch.setattr(server, "RTP_TICK_READ_ROWS", 16)
+    monkeypatch.setattr(server, "RTP_TICK_READ_MAX_ROUNDS", 2)
+    stream = packets(4, 70)
+
+    async def main() -> list[int]:
+        core = RtpIngest(jitter_depth_packets=0, coalesce_audio=True)
+        reader, _, client, port = start(core)
+        for datagram in stream:
+            client.sendto(datagram, ("127.0.0.1", port))
+        await asyncio.sleep(0.05)
+        samples = []
+        for _ in range(4):
+            reader.read_for_tick()
+            samples.append(sum(c.pcm.size for c in core.take_audio() if isinstance(c, AudioChunk)))
+        reader.close()
+        client.close()
+        return samples
+
+    assert asyncio.run(main()) == [32 * 160, 32 * 160, 6 * 160, 0]
+
+
+def test_a_bug_in_the_core_costs_one_tick_of_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    core = RtpIngest(jitter_depth_packets=0, coalesce_audio=True)
+    real = core.receive_batch
+    calls = 0
+
+    def flaky(*args: Any) -> list[IngestOutput]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug")
+        return real(*args)
+
+    monkeypatch.setattr(core, "receive_batch", flaky)
+    stream = packets(8, 10)
+
+    async def main() -> tuple[FakeService, list[IngestOutput]]:
+        reader, service, client, port = start(core)
+        for datagram in stream[:5]:
+            client.sendto(datagram, ("127.0.0.1", port))
+        await asyncio.sleep(0.05)
+        first = reader.read_for_tick()  # the bug: those 5 datagrams are gone
+        for datagram in stream[5:]:
+            client.sendto(datagram, ("127.0.0.1", port))
+        await asyncio.sleep(0.05)
+        out = first + reader.read_for_tick() + core.take_audio()
+        reader.close()
+        client.close()
+        return service, out
+
+    service, out = asyncio.run(main())
+    assert service.metrics.protocol_errors_total == {"rtp": 1}
+    (chunk,) = [o for o in out if isinstance(o, AudioChunk)]
+    assert chunk.pcm.size == 5 * 160  # the next tick's datagrams arrived whole
+
+
+def test_a_closed_reader_reads_nothing_at_ticks() -> None:
+    async def main() -> list[IngestOutput]:
+        reader, _, client, port = start(RtpIngest())
+        client.sendto(packets(1, 1)[0], ("127.0.0.1", port))
+        reader.close()
+        reader.close()  # twice is fine
+        assert reader.sock.fileno() == -1
+        client.close()
+        return reader.read_for_tick()
+
+    assert asyncio.run(main()) == []

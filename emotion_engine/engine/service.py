@@ -78,7 +78,6 @@ class EngineService:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._step_listeners: list[Callable[[bool], None]] = []
         self._sources: list[tuple[Callable[[], list[IngestOutput]], str]] = []
         # --- party filter and event processors (issue 6) ---
         self.parties: frozenset[str] = frozenset(PARTIES)
@@ -155,12 +154,6 @@ class EngineService:
         its audio and hands it over once per tick (``RtpIngest(coalesce_audio=True)``)."""
         self._sources.append((take, source))
 
-    def add_step_listener(self, listener: Callable[[bool], None]) -> None:
-        """Call ``listener(True)`` on the event loop just before a step starts on the
-        worker thread and ``listener(False)`` once it has ended (before its events are
-        published). The RTP reader pauses in between: see ``server._RtpReader``."""
-        self._step_listeners.append(listener)
-
     def add_processor(self, processor: Callable[[dict[str, Any]], list[Event]]) -> None:
         """Feed every published event to ``processor`` (on the event loop, so it must be
         cheap); the events it returns are published right after the one that caused
@@ -200,11 +193,7 @@ class EngineService:
             if not self._commands:
                 continue
             commands, self._commands = self._commands, []
-            self._notify_step(True)
-            try:
-                events = await loop.run_in_executor(self._executor, self._step, commands, False)
-            finally:
-                self._notify_step(False)
+            events = await loop.run_in_executor(self._executor, self._step, commands, False)
             self._publish(events)
 
     def _take_sources(self) -> None:
@@ -215,13 +204,6 @@ class EngineService:
                 log.exception("%s: taking held audio failed", source)
                 continue
             self.submit(outputs, source=source)
-
-    def _notify_step(self, running: bool) -> None:
-        for listener in self._step_listeners:
-            try:
-                listener(running)
-            except Exception:
-                log.exception("step listener failed")
 
     def _publish(self, events: list[Event]) -> None:
         pending = deque(events)

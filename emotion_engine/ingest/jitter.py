@@ -196,6 +196,108 @@ class JitterBuffer:
             self._release_oldest(out)
         return out
 
+    def push_run(
+        self, seq: int, timestamp: int, block: NDArray[np.int16]
+    ) -> list[tuple[int, NDArray[np.int16]]]:
+        """Add a run of packets at once: row ``j`` of ``block`` (k, n) int16 is the
+        packet with sequence number ``seq + j`` and timestamp ``timestamp + j * n``
+        (both wrapping), as a sender emits them. The result is :meth:`push` of the rows
+        one by one: the same audio released (concatenated; rows released together
+        come as one piece), the same counters and the same state afterwards.
+
+        In the steady state (the run continues the newest held packet, and everything
+        held is contiguous with what was released) the whole run takes a few dict
+        operations instead of the per-packet bookkeeping: the RTP port reads a leg's
+        ~5 packets per engine tick in one go (``RtpIngest.receive_batch``). Otherwise
+        (a gap, a restart, the stream's first packets) rows go through :meth:`push`
+        one at a time until the buffer is steady again.
+        """
+        if type(block) is not np.ndarray or block.dtype is not _INT16 or block.ndim != 2:
+            block = np.asarray(block, dtype=np.int16)
+            if block.ndim != 2:
+                raise ValueError(f"a run is (k, n) samples, got shape {block.shape}")
+        k, n = block.shape
+        out: list[tuple[int, NDArray[np.int16]]] = []
+        for j in range(k):
+            row_seq, row_ts = (seq + j) % SEQ_MODULUS, (timestamp + j * n) % TS_MODULUS
+            if self._push_steady(row_seq, row_ts, block[j:] if j else block, out):
+                break
+            out += self.push(row_seq, row_ts, block[j])
+        return out
+
+    def _push_steady(
+        self,
+        seq: int,
+        timestamp: int,
+        block: NDArray[np.int16],
+        out: list[tuple[int, NDArray[np.int16]]],
+    ) -> bool:
+        """:meth:`push_run`'s fast case: if the buffer is steady for this run, add it,
+        append what is released to ``out`` and return True; else change nothing."""
+        k, n = block.shape
+        max_seq, ref_ts, last = self._max_ext_seq, self._ref_ext_ts, self._last_released_seq
+        next_ts = self._next_ts
+        pending = self._pending
+        if (
+            n == 0
+            or max_seq is None
+            or ref_ts is None
+            or last is None
+            or next_ts is None
+            or max_seq - last != len(pending)  # what is held is not contiguous
+        ):
+            return False
+        ext_seq = max_seq + ((seq - max_seq + _SEQ_HALF) % SEQ_MODULUS) - _SEQ_HALF
+        if ext_seq != max_seq + 1:
+            return False
+        # The held packets, then the run, must fill the timeline from next_ts on
+        # without a gap or an overlap (no fill, no resync, nothing late).
+        expected = next_ts - self._ts_shift
+        for s in range(last + 1, max_seq + 1):
+            held_ts, held_pcm = pending[s]
+            if held_ts != expected or held_pcm.size == 0:
+                return False
+            expected += held_pcm.size
+        ext_ts = ref_ts + ((timestamp - ref_ts + _TS_HALF) % TS_MODULUS) - _TS_HALF
+        if ext_ts != expected:
+            return False
+
+        self.stats.received += k
+        n_release = len(pending) + k - self.depth_packets
+        n_new_released = 0
+        if n_release > 0:
+            shift = self._ts_shift
+            released_samples = 0
+            n_old = min(n_release, len(pending))
+            for s in range(last + 1, last + 1 + n_old):
+                held_ts, held_pcm = pending.pop(s)
+                out.append((held_ts + shift, held_pcm))
+                released_samples += held_pcm.size
+                self._last_pcm = held_pcm
+            n_new_released = n_release - n_old
+            if n_new_released:
+                # rows of one block: one piece, a view, no copy
+                out.append((ext_ts + shift, block[:n_new_released].reshape(-1)))
+                released_samples += n_new_released * n
+                self._last_pcm = block[n_new_released - 1]
+            new_last = last + n_release
+            # _release_oldest's bookkeeping, one sequence number at a time, so the
+            # history of released numbers is trimmed exactly as it would have been
+            recent = self._released_recent
+            for s in range(last + 1, new_last + 1):
+                recent.add(s)
+                if len(recent) > 2 * _HISTORY:
+                    floor = s - _HISTORY
+                    recent = {r for r in recent if r > floor}
+            self._released_recent = recent
+            self._last_released_seq = new_last
+            self._next_ts = next_ts + released_samples
+        for j in range(n_new_released, k):
+            pending[ext_seq + j] = (ext_ts + j * n, block[j])
+        self._max_ext_seq = ext_seq + k - 1
+        self._ref_ext_ts = ext_ts + (k - 1) * n
+        return True
+
     def flush(self) -> list[tuple[int, NDArray[np.int16]]]:
         """Release every held packet in order (end of stream, or a timeout)."""
         out: list[tuple[int, NDArray[np.int16]]] = []
