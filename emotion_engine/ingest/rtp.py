@@ -20,6 +20,7 @@ RTCP multiplexed on the RTP port (RFC 5761: second byte 192-223) is ignored.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 import time
 from collections import OrderedDict
@@ -330,67 +331,85 @@ class RtpIngest:
             return out
         rows = datagrams[:n]
         size_l = [int(s) for s in sizes[:n]]
-        b1 = rows[:, 1]
-        pt = b1 & 0x7F
+        size = np.array(size_l, dtype=np.int64)
+        pt = rows[:, 1] & 0x7F
         fast = (
-            (np.asarray(size_l) > HEADER_SIZE)
-            & (rows[:, 0] == _PLAIN_B0)
-            & ((pt == PT_PCMU) | (pt == PT_PCMA))
+            (size > HEADER_SIZE) & (rows[:, 0] == _PLAIN_B0) & ((pt == PT_PCMU) | (pt == PT_PCMA))
         )
         fields = np.ascontiguousarray(rows[:, 2:12])  # sequence, timestamp, SSRC
-        seq_l = fields[:, :2].view(">u2")[:, 0].tolist()
+        seq = fields[:, :2].view(">u2")[:, 0].astype(np.int64)
         ts_ssrc = fields[:, 2:].view(">u4")
-        ts_l, ssrc_l = ts_ssrc[:, 0].tolist(), ts_ssrc[:, 1].tolist()
-        pt_l = pt.tolist()
-        # Datagrams are grouped by leg, (peer, SSRC), in order of first arrival (the
-        # order legs are opened in). A leg that got anything unusual in this batch
+        ts = ts_ssrc[:, 0].astype(np.int64)
+        ssrc_l = ts_ssrc[:, 1].tolist()
+        # Datagrams are grouped by leg, (peer, SSRC), numbered in order of first
+        # arrival (the order legs are opened in), then sorted by group so that each
+        # group's rows are one slice. A leg that got anything unusual in this batch
         # (DTMF, comfort noise, an extended header) has all its datagrams handled one
         # by one, in order: a DTMF packet occupies a sequence number between two audio
         # packets. Junk and RTCP land in groups of their own (their "SSRC" bytes are
         # whatever they hold), which are handled one by one too.
-        odd_keys = {(_peer(addrs[i]), ssrc_l[i]) for i in np.flatnonzero(~fast).tolist()}
-        groups: dict[tuple[Address, int], list[int]] = {}
-        for i in range(n):
-            addr = addrs[i]
-            key = (addr if len(addr) == 2 else _peer(addr), ssrc_l[i])
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [i]
-            else:
-                group.append(i)
-        for key, idx in groups.items():
+        keys = [
+            (addr if len(addr) == 2 else _peer(addr), ssrc)
+            for addr, ssrc in zip(addrs, ssrc_l, strict=False)
+        ]
+        group_of: dict[tuple[Address, int], int] = {}
+        new_group = group_of.setdefault
+        group = np.array([new_group(key, len(group_of)) for key in keys], dtype=np.int64)
+        odd_keys = {keys[i] for i in np.flatnonzero(~fast).tolist()}
+        order = np.argsort(group, kind="stable")
+        counts = np.bincount(group)
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        g_size, g_pt, g_seq, g_ts = size[order], pt[order], seq[order], ts[order]
+        # a group goes the run way if all its datagrams are plain G.711 of one size and codec
+        plain = (
+            fast[order]
+            & (g_size == np.repeat(g_size[starts], counts))
+            & (g_pt == np.repeat(g_pt[starts], counts))
+        )
+        plain_group = np.logical_and.reduceat(plain, starts).tolist()
+        # a datagram continues the run before it: next sequence number and timestamp
+        continues = np.zeros(n, dtype=bool)
+        continues[1:] = ((g_seq[1:] - g_seq[:-1]) % 65536 == 1) & (
+            (g_ts[1:] - g_ts[:-1]) % 4294967296 == g_size[:-1] - HEADER_SIZE
+        )
+        continues[starts] = False
+        runs_in_group = np.add.reduceat(~continues, starts).tolist()
+        # Decode every datagram of the most common size at once (the rest per group).
+        width = int(np.bincount(g_size[plain]).argmax()) if plain.any() else 0
+        pcm = np.zeros((n, 0), dtype=np.int16)
+        if width > HEADER_SIZE:
+            payload = rows[order, HEADER_SIZE:width]
+            pcm = ULAW_DECODE_TABLE.take(payload)
+            alaw = g_pt == PT_PCMA
+            if alaw.any():
+                pcm[alaw] = ALAW_DECODE_TABLE.take(payload[alaw])
+        order_l, starts_l, ends_l = order.tolist(), starts.tolist(), ends.tolist()
+        g_size_l, g_pt_l = g_size.tolist(), g_pt.tolist()
+        g_seq_l, g_ts_l = g_seq.tolist(), g_ts.tolist()
+        for g, key in enumerate(group_of):
+            a, b = starts_l[g], ends_l[g]
             leg = self._legs.get(key)
-            first = idx[0]
-            size, codec = size_l[first], pt_l[first]
-            if (
-                leg is None
-                or (odd_keys and key in odd_keys)
-                or any(size_l[i] != size or pt_l[i] != codec for i in idx)
-            ):
-                for i in idx:
+            if leg is None or not plain_group[g] or (odd_keys and key in odd_keys):
+                for i in order_l[a:b]:
                     self._receive(bytes(rows[i, : size_l[i]]), addrs[i], now, out)
                 continue
             leg.last_seen = now
-            block = _DECODE_TABLES[codec].take(rows[idx, HEADER_SIZE:size])
-            # Cut the leg's packets into runs of consecutive ones (usually one run; a
-            # swap or a loss starts a new one) and hand each run over at once.
-            step = size - HEADER_SIZE
-            start, prev = 0, first
-            for j in range(1, len(idx) + 1):
-                if j < len(idx):
-                    i = idx[j]
-                    if (
-                        seq_l[i] == (seq_l[prev] + 1) % 65536
-                        and ts_l[i] == (ts_l[prev] + step) % 4294967296
-                    ):
-                        prev = i
-                        continue
-                    prev = i
-                head = idx[start]
-                released = leg.jitter.push_run(seq_l[head], ts_l[head], block[start:j])
+            if g_size_l[a] == width:
+                block = pcm[a:b]
+            else:
+                block = _DECODE_TABLES[g_pt_l[a]].take(rows[order[a:b], HEADER_SIZE : g_size_l[a]])
+            if runs_in_group[g] == 1:  # the usual case: one run of consecutive packets
+                released = leg.jitter.push_run(g_seq_l[a], g_ts_l[a], block)
                 if released:
                     self._chunks(leg, released, out)
-                start = j
+                continue
+            # A swap or a loss starts a new run: hand each run over at once.
+            run_starts = [j for j in range(a, b) if not continues[j]] + [b]
+            for r0, r1 in itertools.pairwise(run_starts):
+                released = leg.jitter.push_run(g_seq_l[r0], g_ts_l[r0], block[r0 - a : r1 - a])
+                if released:
+                    self._chunks(leg, released, out)
         return out
 
     def poll(self, now: float) -> list[IngestOutput]:
