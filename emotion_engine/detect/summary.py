@@ -227,8 +227,15 @@ class CallSummarizer:
         self._end.append((scores.t, p, scores.arousal))
 
         self._recent.append((p, scores.arousal))
-        p_s, a_s = _recent_means(self._recent)
-        v_s = float(self._weights @ p_s)
+        if len(self._recent) == 1:
+            # no smoothing (the default smoothing_windows=1): the mean of one window is
+            # the window, bit for bit (x / 1 == x; the arousal is 0.0 + a, as the
+            # running sum of _recent_means makes it, -0.0 -> 0.0), so its valence is
+            # v: a mean and a dot product saved per window
+            p_s, a_s, v_s = p, 0.0 + scores.arousal, v
+        else:
+            p_s, a_s = _recent_means(self._recent)
+            v_s = float(self._weights @ p_s)
         if self._peak is None or v_s < self._peak.valence:
             i = int(self._negative[np.argmax(p_s[self._negative])])
             self._peak = PeakMoment(

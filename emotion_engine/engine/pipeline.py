@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from emotion_engine.audio.framing import n_frames
 from emotion_engine.audio.pcm import int16_to_float32
 from emotion_engine.audio.resample import StreamingResampler
 from emotion_engine.config import (
@@ -288,28 +287,39 @@ class Engine:
 
     def _run(self, legs: list[_Leg], *, final: bool) -> list[Event]:
         events: list[Event] = []
-        framed: list[_Leg] = []
-        new_samples: list[NDArray[np.float32]] = []
-        converted = iter(_convert_pending([leg for leg in legs if _is_plain(leg)]))
-        for leg in legs:
-            if _is_plain(leg):
-                samples = next(converted)
-            else:
-                try:
-                    samples = _take_pending(leg)
-                    if leg.resampler is not None:
-                        samples = leg.resampler.process(samples)
-                        if final:
-                            samples = np.concatenate([samples, leg.resampler.flush()])
-                except Exception as exc:
-                    events += self._fail(leg, exc)
-                    continue
-            framed.append(leg)
-            new_samples.append(samples)
+        plain = [leg for leg in legs if _is_plain(leg)]
+        framed: list[_Leg]
+        new_samples: list[NDArray[np.float32]]
+        if len(plain) == len(legs):  # the usual tick: every leg 8 kHz int16, no per-leg path
+            framed, new_samples = plain, _convert_pending(plain)
+        else:
+            framed, new_samples = [], []
+            converted = iter(_convert_pending(plain))
+            for leg in legs:
+                if _is_plain(leg):
+                    samples = next(converted)
+                else:
+                    try:
+                        samples = _take_pending(leg)
+                        if leg.resampler is not None:
+                            samples = leg.resampler.process(samples)
+                            if final:
+                                samples = np.concatenate([samples, leg.resampler.flush()])
+                    except Exception as exc:
+                        events += self._fail(leg, exc)
+                        continue
+                framed.append(leg)
+                new_samples.append(samples)
         self._frame_and_lld(framed, new_samples)
         due: list[_DueWindow] = []
+        hop_frames = self.params.window.hop_frames
+        first_end = max(MIN_FIRST_WINDOW_FRAMES, hop_frames)
         for leg in framed:
-            due += self._due_windows(leg, final=final)
+            # the first test of _due_windows, here: no window is due for most legs on
+            # most ticks, and the call with its lookups was ~1 us per leg a tick
+            end = leg.last_window_end + hop_frames if leg.last_window_end else first_end
+            if final or end <= leg.frames_seen:
+                due += self._due_windows(leg, final=final)
         if due:
             events += self._score(due)
         return events
@@ -329,11 +339,13 @@ class Engine:
             if leg.skip:
                 dropped = min(leg.skip, x.size)
                 x, leg.skip = x[dropped:], leg.skip - dropped
-            size = leg.tail.size + x.size
-            count = n_frames(n_samples=size, frame_length=length, hop_length=hop)
+            tail = leg.tail
+            size = tail.size + x.size
+            # n_frames(), inlined: a keyword call per leg a tick costs more than the sum
+            count = 1 + (size - length) // hop if size >= length else 0
             if count:  # else a skip still pending from an earlier push stands
                 leg.skip = max(0, count * hop - size)
-            pieces += (leg.tail, x)
+            pieces += (tail, x)
             counts.append(count)
             sizes.append(size)
             offsets.append(offset)
@@ -363,23 +375,26 @@ class Engine:
         """Append (n, n_lld) LLD rows to the leg's history, dropping the rows no window
         can reach any more when the buffer is full: every window still due ends after
         ``frames_seen``, so starts after ``frames_seen - window_frames``."""
-        n = len(rows)
-        if leg.history is None:
-            leg.history = np.empty((max(self._history_rows, n), self._n_lld), dtype=np.float32)
-        elif leg.history_len + n > len(leg.history):
+        n = rows.shape[0]
+        history, used = leg.history, leg.history_len  # locals: this runs per leg a tick
+        if history is None:
+            history = leg.history = np.empty(
+                (max(self._history_rows, n), self._n_lld), dtype=np.float32
+            )
+        elif used + n > history.shape[0]:
             keep_from = max(leg.history_start, leg.frames_seen - self.params.window.window_frames)
             drop = keep_from - leg.history_start
-            kept = leg.history_len - drop
-            if kept + n > len(leg.history):  # a long push: a bigger buffer
+            kept = used - drop
+            if kept + n > history.shape[0]:  # a long push: a bigger buffer
                 grown = np.empty((kept + n, self._n_lld), dtype=np.float32)
-                grown[:kept] = leg.history[drop : leg.history_len]
-                leg.history = grown
+                grown[:kept] = history[drop:used]
+                history = leg.history = grown
             else:  # overlapping copy: numpy buffers it
-                leg.history[:kept] = leg.history[drop : leg.history_len]
+                history[:kept] = history[drop:used]
             leg.history_start = keep_from
-            leg.history_len = kept
-        leg.history[leg.history_len : leg.history_len + n] = rows
-        leg.history_len += n
+            used = kept
+        history[used : used + n] = rows
+        leg.history_len = used + n
         leg.frames_seen += n
 
     def _due_windows(self, leg: _Leg, *, final: bool) -> list[_DueWindow]:

@@ -234,11 +234,12 @@ def compute_lld(
     lead = x.shape[:-1]
     flat = x.reshape(-1, n)
     out = np.empty((flat.shape[0], len(LLD_NAMES)), dtype=np.float32)
+    scratch = _Scratch.new(tables, params, rows=min(_CHUNK_FRAMES, flat.shape[0]))
     for start in range(0, flat.shape[0], _CHUNK_FRAMES):
         stop = min(start + _CHUNK_FRAMES, flat.shape[0])
         chunk = np.ascontiguousarray(flat[start:stop], dtype=np.float32).reshape(-1)
         starts = np.arange(0, chunk.size, n, dtype=np.int64)
-        out[start:stop] = _lld_block(chunk, starts, tables, params)
+        _lld_block(chunk, starts, tables, params, scratch, out[start:stop])
     return out.reshape(*lead, len(LLD_NAMES))
 
 
@@ -266,10 +267,11 @@ def compute_lld_at(
         )
     tables = _tables(params)
     out = np.empty((at.size, len(LLD_NAMES)), dtype=np.float32)
+    scratch = _Scratch.new(tables, params, rows=min(_CHUNK_FRAMES, at.size))
     try:
         for start in range(0, at.size, _CHUNK_FRAMES):
             stop = min(start + _CHUNK_FRAMES, at.size)
-            out[start:stop] = _lld_block(sig, at[start:stop], tables, params)
+            _lld_block(sig, at[start:stop], tables, params, scratch, out[start:stop])
     except IndexError:  # checked in the kernel: a pass over `starts` saved per call
         raise AudioError(
             f"frame starts must lie in 0..{sig.size - params.frame_length}, "
@@ -278,25 +280,50 @@ def compute_lld_at(
     return out
 
 
+@dataclass(frozen=True)
+class _Scratch:
+    """One call's FFT inputs, reused by all its blocks (a block uses the first rows).
+
+    ``time_domain`` writes the first ``frame_length`` columns of every row it uses and
+    never the rest, so the zero padding is written once per call, not per block: the
+    zeroed allocations (~0.6 MB a block, page faults included) were a measurable
+    share of the engine's time at thousands of legs.
+    """
+
+    padded: NDArray[np.float32]  # (rows, n_fft_acf) DC-free frames, zero-padded
+    windowed: NDArray[np.float32]  # (rows, n_fft) Hann-windowed frames, zero-padded
+    csum: NDArray[np.float32]  # (rows, frame_length + 1) running energy
+
+    @staticmethod
+    def new(tables: _Tables, params: FeatureParams, *, rows: int) -> _Scratch:
+        return _Scratch(
+            padded=np.zeros((rows, tables.n_fft_acf), dtype=np.float32),
+            windowed=np.zeros((rows, params.n_fft), dtype=np.float32),
+            csum=np.empty((rows, params.frame_length + 1), dtype=np.float32),
+        )
+
+
 def _lld_block(
     signal: NDArray[np.float32],
     starts: NDArray[np.int64],
     tables: _Tables,
     params: FeatureParams,
-) -> NDArray[np.float32]:
-    """LLDs of the frames at ``starts`` (n,) in the float32 ``signal`` -> (n, n_lld).
+    scratch: _Scratch,
+    out: NDArray[np.float32],
+) -> None:
+    """LLDs of the frames at ``starts`` (n,) in the float32 ``signal``, written into
+    ``out`` (n, n_lld), a C-contiguous row block; ``scratch`` has at least n rows.
 
     The FFTs run batched in scipy; everything between them is one compiled pass per
     frame (:mod:`emotion_engine.features._kernels`), which replaced ~40 numpy calls
     over (n, 100..320) temporaries: those passes, not the FFTs, were most of the time.
     """
     n_frames, n = starts.size, params.frame_length
-    out = np.empty((n_frames, len(LLD_NAMES)), dtype=np.float32)
     # DC-free frames written straight into YIN's zero-padded FFT input: scipy pads
     # with a copy of its own, and a padded input made its rfft ~1.8x faster
-    padded = np.zeros((n_frames, tables.n_fft_acf), dtype=np.float32)
-    windowed = np.zeros((n_frames, params.n_fft), dtype=np.float32)
-    csum = np.empty((n_frames, n + 1), dtype=np.float32)
+    padded = scratch.padded[:n_frames]
+    windowed = scratch.windowed[:n_frames]
+    csum = scratch.csum[:n_frames]
     _kernels.time_domain(
         signal,
         starts,
@@ -348,7 +375,6 @@ def _lld_block(
         out,
         _SPECTRAL_COLUMNS,
     )
-    return out
 
 
 _SPECTRAL_COLUMNS = np.array(

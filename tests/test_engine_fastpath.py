@@ -1,0 +1,110 @@
+"""The engine's fast paths give the numbers of the general ones, bit for bit.
+
+Scratch buffers reused across LLD blocks, the all-plain-legs branch of ``Engine._run``
+and the unsmoothed shortcut of ``CallSummarizer.update`` must each be invisible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+
+import numpy as np
+
+from emotion_engine.config import DEFAULT_DETECTOR_PARAMS
+from emotion_engine.detect.summary import CallSummarizer, _recent_means
+from emotion_engine.engine.pipeline import Engine
+from emotion_engine.features import lld as lld_module
+from emotion_engine.features.lld import compute_lld, compute_lld_at
+from emotion_engine.frames import AudioChunk, EmotionScores
+from emotion_engine.model.runtime import EmotionModel
+from emotion_engine.publish.events import Event
+
+
+def _speechlike(n: int, *, seed: int) -> np.ndarray:
+    """(n,) float32: a voiced tone with jitter, noise, loud and silent stretches."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / 8000.0
+    f0 = 140.0 + 30.0 * np.sin(2 * np.pi * 0.7 * t)
+    x = 0.3 * np.sin(2 * np.pi * np.cumsum(f0) / 8000.0) + 0.02 * rng.standard_normal(n)
+    x[n // 3 : n // 3 + 2000] = 0.0  # digital silence
+    x[n // 2 : n // 2 + 1500] *= 3.0  # clipped-loud stretch
+    return np.clip(x, -1.0, 1.0).astype(np.float32)
+
+
+def test_lld_blocks_reusing_scratch_equal_fresh_calls() -> None:
+    """Several blocks in one call (scratch reused, last block partial) give the rows
+    of one call per block (fresh zero-padded buffers each) and of compute_lld."""
+    chunk = lld_module._CHUNK_FRAMES
+    signal = _speechlike(8000 * 8, seed=3)
+    signal[12345] = np.nan  # read as 0, in any block
+    n = 2 * chunk + 37
+    starts = np.arange(n, dtype=np.int64) * 80
+    whole = compute_lld_at(signal=signal, starts=starts)
+    # blocks of a different size, each its own call (its own scratch)
+    pieces = [compute_lld_at(signal=signal, starts=starts[i : i + 100]) for i in range(0, n, 100)]
+    assert np.array_equal(whole.view(np.uint32), np.concatenate(pieces).view(np.uint32))
+    frames = np.stack([np.nan_to_num(signal[s : s + 200], nan=0.0) for s in starts])
+    assert np.array_equal(whole.view(np.uint32), compute_lld(frames=frames).view(np.uint32))
+    # a loud first block, then a quiet one: nothing of the first leaks into the second
+    loud_then_quiet = compute_lld_at(signal=signal, starts=starts[chunk - 5 : chunk + 5])
+    assert np.array_equal(
+        loud_then_quiet.view(np.uint32), whole[chunk - 5 : chunk + 5].view(np.uint32)
+    )
+
+
+def _run_legs(
+    model: EmotionModel, pcm: np.ndarray, offsets: list[int], *, float_leg: bool
+) -> list[Event]:
+    """Legs fed 100 ms ticks of ``pcm`` from different offsets, all in one engine."""
+    engine = Engine(model=model)
+    events: list[Event] = []
+    for i in range(len(offsets)):
+        events += engine.open_leg(call_id=f"c{i}", party="customer", sample_rate=8000)
+    if float_leg:
+        events += engine.open_leg(call_id="f", party="customer", sample_rate=8000)
+    for k in range(0, 8000 * 4, 800):
+        for i, off in enumerate(offsets):
+            part = pcm[off + k : off + k + 800]
+            engine.push(AudioChunk(f"c{i}", "customer", k / 8000, part, 8000))
+        if float_leg:
+            engine.push_float(call_id="f", party="customer", samples=np.full(800, 0.01, np.float32))
+        events += engine.process()
+    events += engine.close_all()
+    return [e for e in events if e.call_id != "f"]
+
+
+def test_all_plain_ticks_equal_mixed_ticks(model: EmotionModel) -> None:
+    """The all-int16 branch of ``_run`` and the mixed one (a float leg beside) give the
+    same events for the same int16 legs."""
+    pcm = (_speechlike(8000 * 6, seed=5) * 32767).astype(np.int16)
+    offsets = [0, 3000, 7777]
+    plain = _run_legs(model, pcm, offsets, float_leg=False)
+    mixed = _run_legs(model, pcm, offsets, float_leg=True)
+    assert sum(e.type == "emotion.update" for e in plain) >= 3 * 6
+    assert [e.to_dict() for e in plain] == [e.to_dict() for e in mixed]
+
+
+def test_unsmoothed_summary_equals_the_general_mean() -> None:
+    """With smoothing_windows=1 the peak is the mean of a one-window deque, exactly."""
+    labels = ("neutral", "happy", "sad", "angry")
+    params = dataclasses.replace(DEFAULT_DETECTOR_PARAMS, smoothing_windows=1)
+    summarizer = CallSummarizer(labels=labels, params=params)
+    rng = np.random.default_rng(7)
+    weights = np.array([0.0, 1.0, -1.0, -1.0])
+    best: float | None = None
+    for i in range(60):
+        p = rng.dirichlet(np.ones(4))
+        arousal = float(rng.random()) if i else -0.0  # -0.0: the mean's 0.0 + a
+        scores = EmotionScores(
+            "c", "customer", 0.5 * i, dict(zip(labels, p.tolist(), strict=True)), arousal, 0.5, True
+        )
+        summarizer.update(scores)
+        p_s, a_s = _recent_means(deque([(np.array(p.tolist()), arousal)]))
+        v_s = float(weights @ p_s)
+        if best is None or v_s < best:
+            best = v_s
+            peak = summarizer.summarize().peak
+            assert peak is not None
+            assert (peak.valence, peak.arousal, peak.t) == (v_s, a_s, scores.t)
+            assert str(peak.arousal) == str(a_s)  # the sign of zero too
