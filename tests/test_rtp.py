@@ -7,8 +7,9 @@ import os
 import random
 import struct
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ DATA = Path(__file__).parent / "data" / "rtp"
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("EMOTION_ENGINE_DATA", REPO.parent / "shared" / "data"))
 ADDR = ("192.0.2.10", 5004)
+T = TypeVar("T")
 
 
 def ulaw_ref(payload: bytes) -> NDArray[np.int16]:
@@ -382,16 +384,30 @@ def shuffled_mixed_records() -> list[tuple[float, tuple[str, int], bytes]]:
             if junk:
                 junk[rng.randrange(len(junk))] = rng.randrange(256)
         arrivals.append(bytes(junk))
-    # Local disorder, as a network makes it: swaps, duplicates, drops.
-    for i in range(len(arrivals) - 1):
-        r = rng.random()
-        if r < 0.05:
-            arrivals[i], arrivals[i + 1] = arrivals[i + 1], arrivals[i]
-        elif r < 0.08:
-            arrivals[i] = arrivals[i + 1]
-        elif r < 0.1:
-            arrivals[i] = b""
+    disorder(arrivals, rng, swap=0.05, duplicate=0.03, drop=0.02, blank=lambda _: b"")
     return [(i * 0.001, ("198.51.100.7", 5004), a) for i, a in enumerate(arrivals)]
+
+
+def disorder(
+    items: list[T],
+    rng: random.Random,
+    *,
+    swap: float,
+    duplicate: float,
+    drop: float,
+    blank: Callable[[T], T],
+) -> None:
+    """Local disorder, as a network makes it, in place: each item is swapped with the
+    next, replaced by the next (a duplicate) or blanked (a drop: an empty datagram
+    keeps the list's length) with these probabilities."""
+    for i in range(len(items) - 1):
+        r = rng.random()
+        if r < swap:
+            items[i], items[i + 1] = items[i + 1], items[i]
+        elif r < swap + duplicate:
+            items[i] = items[i + 1]
+        elif r < swap + duplicate + drop:
+            items[i] = blank(items[i])
 
 
 def test_fast_path_matches_the_general_path_on_shuffled_mixed_streams() -> None:
@@ -689,14 +705,7 @@ def multi_peer_records() -> list[tuple[float, tuple[Any, ...], bytes]]:
                 (odd, bytes([0x80, 200, 0, 6]) + bytes(24)),  # RTCP sender report
                 (odd, rng.randbytes(rng.randrange(1, 40))),
             ]
-    for i in range(len(arrivals) - 1):
-        r = rng.random()
-        if r < 0.04:
-            arrivals[i], arrivals[i + 1] = arrivals[i + 1], arrivals[i]
-        elif r < 0.06:
-            arrivals[i] = arrivals[i + 1]
-        elif r < 0.08:
-            arrivals[i] = (arrivals[i][0], b"")
+    disorder(arrivals, rng, swap=0.04, duplicate=0.02, drop=0.02, blank=lambda a: (a[0], b""))
     return [(i * 0.0005, peer, data) for i, (peer, data) in enumerate(arrivals)]
 
 
