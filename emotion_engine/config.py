@@ -198,6 +198,9 @@ class ServeParams:
     sip_answer_delay_s: float = 0.0  # ring (180) this long before answering
     # --- end SIP ---
     max_message_bytes: int = 1 << 20
+    # permessage-deflate on websockets when a client asks for it (most do): smaller
+    # frames, but ~4 % of the server's CPU at 500 legs; off for LAN subscribers
+    ws_compression: bool = True
     # spike-detector overrides, "KEY=VALUE,KEY=VALUE" (DetectorParams fields); empty: the
     # shipped defaults. models/tradeoff.png shows what each setting costs in false alarms.
     detector: str = ""

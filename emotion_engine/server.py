@@ -392,6 +392,7 @@ class EngineServer:
                 process_request=self._process_request,
                 ssl=ssl_ctx,
                 max_size=p.max_message_bytes,
+                compression="deflate" if p.ws_compression else None,
                 server_header=f"emotion-engine/{__version__}",
             )
         except OSError as exc:

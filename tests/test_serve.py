@@ -251,6 +251,28 @@ def test_healthz_metrics_and_unknown_path(model: EmotionModel) -> None:
     assert status == 404
 
 
+@pytest.mark.parametrize("compression", [True, False])
+def test_websocket_compression_is_offered_unless_switched_off(
+    model: EmotionModel, compression: bool
+) -> None:
+    """A client asking for permessage-deflate (websockets does by default) gets it,
+    unless ``ws_compression`` is off."""
+
+    async def scenario() -> tuple[list[str], str]:
+        params = replace(LOOPBACK, ws_compression=compression)
+        async with running(model, params) as server:
+            url = server.addresses.urls()["events"]  # type: ignore[union-attr]
+            async with connect(url) as ws:
+                extensions = [e.name for e in ws.protocol.extensions]
+                return extensions, str(ws.response.headers.get("Sec-WebSocket-Extensions", ""))
+
+    extensions, header = run(scenario())
+    if compression:
+        assert extensions == ["permessage-deflate"] and "permessage-deflate" in header
+    else:
+        assert extensions == [] and header == ""
+
+
 def test_token_is_required_when_configured(model: EmotionModel) -> None:
     params = replace(LOOPBACK, token="s3cret")
 
