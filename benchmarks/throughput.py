@@ -3,7 +3,8 @@
     python -m benchmarks.throughput [--quick] [--legs 1 10 100 1000 2000] [--seconds 6]
 
 For each N, a fresh engine with N legs is fed as ``serve`` feeds it: every 100 ms
-tick, each leg's five 20 ms G.711 payloads are decoded and pushed as one chunk, then one
+tick, all legs' 20 ms G.711 payloads are decoded with one table lookup (as the RTP
+port decodes a tick's datagrams), each leg's 100 ms is pushed as one chunk, then one
 ``Engine.process`` runs features, model and detector for all legs. The process is
 pinned to one core; after a warm-up (first windows scored, detector running) the CPU
 time of the next ``--seconds`` of audio per leg is measured. ``audio_s_per_cpu_s``
