@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from typing import Any
 
 import numpy as np
+import pytest
+import scipy.fft
 
 from emotion_engine.config import DEFAULT_DETECTOR_PARAMS
 from emotion_engine.detect.summary import CallSummarizer, _recent_means
@@ -108,3 +111,46 @@ def test_unsmoothed_summary_equals_the_general_mean() -> None:
             assert peak is not None
             assert (peak.valence, peak.arousal, peak.t) == (v_s, a_s, scores.t)
             assert str(peak.arousal) == str(a_s)  # the sign of zero too
+
+
+# -- FFTs: scipy's pocketfft called directly, checked against scipy.fft ---------------------
+
+
+def test_direct_pocketfft_gives_what_scipy_fft_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    lld = lld_module
+    rng = np.random.default_rng(3)
+    direct, public = lld._row_fft(lld._load_pocketfft()), lld._public_fft()
+    assert direct.direct  # the scipy here has the module; elsewhere the fallback is fine
+    for rows, n in ((1, 256), (7, 320), (256, 320), (256, 256)):
+        x = rng.standard_normal((rows, n)).astype(np.float32)
+        spec = direct.rfft_rows(x)
+        np.testing.assert_array_equal(spec, public.rfft_rows(x))
+        assert spec.dtype == np.complex64
+        back = direct.irfft_rows(spec, n)
+        np.testing.assert_array_equal(back, public.irfft_rows(spec.copy(), n))
+        assert back.dtype == np.float32
+    # and the LLDs are the same numbers either way
+    frames = rng.uniform(-0.5, 0.5, (300, 200)).astype(np.float32)
+    with_direct = lld.compute_lld(frames=frames)
+    monkeypatch.setattr(lld, "_FFT", public)
+    np.testing.assert_array_equal(lld.compute_lld(frames=frames), with_direct)
+
+
+class _WrongPocketfft:
+    """A private module that moved on: another scaling for the inverse."""
+
+    @staticmethod
+    def r2c(x: Any, axes: Any, forward: Any, norm: Any, out: Any, nthreads: Any) -> Any:
+        return scipy.fft.rfft(x, axis=1)
+
+    @staticmethod
+    def c2r(spec: Any, axes: Any, n: Any, forward: Any, norm: Any, out: Any, nthreads: Any) -> Any:
+        return scipy.fft.irfft(spec, n=n, axis=1) * 2
+
+
+@pytest.mark.parametrize("module", [None, object(), _WrongPocketfft()])
+def test_a_missing_or_changed_pocketfft_falls_back_to_scipy_fft(module: object) -> None:
+    fft = lld_module._row_fft(module)
+    assert not fft.direct
+    x = np.random.default_rng(0).standard_normal((4, 320)).astype(np.float32)
+    np.testing.assert_array_equal(fft.rfft_rows(x), scipy.fft.rfft(x, axis=1))
