@@ -458,6 +458,8 @@ class EngineServer:
         if self._poller is not None:
             self._poller.cancel()
         if self._udp is not None:
+            # what the socket still holds (up to a tick of audio) is analysed too
+            self.service.submit(self._udp.read_for_tick(), source="rtp")
             self._udp.close()
         if self._tcp is not None:
             self._tcp.close()

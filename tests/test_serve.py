@@ -198,6 +198,38 @@ def test_rtp_leg_named_by_control_message_ends_by_timeout(
     assert events[-1]["reason"] == "timeout"
 
 
+def test_rtp_still_queued_at_shutdown_is_analysed(model: EmotionModel) -> None:
+    """RTP is read at engine ticks; packets that arrived after the last tick are read
+    when the server stops, not dropped: the leg's call.end comes at its last audio."""
+    import socket
+
+    pcm = (np.sin(np.arange(16000) * 0.05) * 8000).astype(np.int16)  # 2 s
+
+    async def scenario() -> list[dict[str, Any]]:
+        # the first tick comes 3 s after the start, long after the stop begins (the stop
+        # then waits for it)
+        params = replace(LOOPBACK, tick_s=3.0)
+        service = EngineService(engine=Engine(model=model), tick_s=params.tick_s)
+        server = EngineServer(params=params, service=service)
+        addr = await server.start()
+        async with subscribe(addr.urls()["events"]) as ws:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for packet in rtp_packets(pcm=pcm, ssrc=0x77):
+                sock.sendto(packet, ("127.0.0.1", addr.rtp_port))  # type: ignore[arg-type]
+            sock.close()
+            await asyncio.sleep(0.2)
+            stopping = asyncio.create_task(server.stop())
+            events = await collect_until(ws, timeout_s=30)
+            await stopping
+        return events
+
+    events = run(scenario())
+    assert events[0]["type"] == "call.start"
+    end = events[-1]
+    assert end["type"] == "call.end" and end["reason"] == "shutdown"
+    assert end["t"] == pytest.approx(2.0)  # all 100 packets: none left in the socket
+
+
 def test_audiosocket(model: EmotionModel, call_pcm: np.ndarray) -> None:
     call_uuid = uuid.uuid4()
 
