@@ -433,6 +433,12 @@ class SipServer:
     def _stop_media(self, media: _MediaPort, reason: str) -> None:
         if media.closed:
             return
+        if media.ingest is not None and self._loop is not None:
+            # the audio since the last tick (up to 100 ms) is still in the socket
+            try:
+                self.service.submit(self._read_media(media, self._loop.time()), source=SOURCE)
+            except Exception:
+                log.exception("sip rtp: packets on port %d could not be handled", media.port)
         media.closed = True
         self._media.pop(media.port, None)
         if media.ingest is not None:
