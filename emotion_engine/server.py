@@ -222,9 +222,9 @@ class _RtpReader:
                     size, addr = recv_into(view[n * stride : (n + 1) * stride])
                 except (BlockingIOError, InterruptedError):
                     break
-                except OSError as exc:  # e.g. ICMP errors queued on the socket
+                except OSError as exc:  # e.g. an ICMP error queued on the socket
                     log.warning("rtp socket error: %s", exc)
-                    continue
+                    break  # the rest waits for the next tick; an error that stays cannot spin
                 sizes.append(size)
                 addrs.append(addr)
                 n += 1

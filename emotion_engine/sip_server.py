@@ -519,7 +519,7 @@ class SipServer:
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:  # ICMP errors say nothing about the media coming in
-                    continue
+                    break  # the rest waits for the next tick; an error that stays cannot spin
                 sizes.append(size)
                 addrs.append(addr if len(addr) == 2 else (str(addr[0]), int(addr[1])))
             if not sizes:

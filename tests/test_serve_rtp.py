@@ -333,3 +333,30 @@ def test_a_closed_reader_reads_nothing_at_ticks() -> None:
         return reader.read_for_tick()
 
     assert asyncio.run(main()) == []
+
+
+def test_a_socket_error_that_stays_ends_the_tick_read(caplog: pytest.LogCaptureFixture) -> None:
+    """An error the socket raises on every read (it cannot on a healthy socket, but a
+    reader must not spin on one) ends this tick's read with a warning."""
+
+    class Failing:
+        calls = 0
+
+        def recvfrom_into(self, *args: Any) -> Any:
+            Failing.calls += 1
+            raise ConnectionRefusedError("refused")
+
+    async def main() -> list[IngestOutput]:
+        reader, _, client, _ = start(RtpIngest())
+        real = reader.sock
+        reader.sock = cast(socket.socket, Failing())
+        try:
+            return reader.read_for_tick()
+        finally:
+            reader.sock = real
+            reader.close()
+            client.close()
+
+    assert asyncio.run(main()) == []
+    assert Failing.calls == 1
+    assert "rtp socket error" in caplog.text
