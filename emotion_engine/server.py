@@ -58,6 +58,7 @@ from emotion_engine.ingest.twilio import TwilioMediaSession
 from emotion_engine.publish.events import to_json
 from emotion_engine.publish.hub import EventFilter
 from emotion_engine.routing import Routing
+from emotion_engine.udp import read_into_rows
 
 if TYPE_CHECKING:
     from emotion_engine.sip_server import SipServer
@@ -176,9 +177,9 @@ class _RtpReader:
         self._watching = False
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.reads_at_ticks = granted >= RTP_RCVBUF_BYTES  # Linux reports double
-        self._datagrams = np.zeros((0, RTP_MAX_DATAGRAM), np.uint8)
+        rows = RTP_TICK_READ_ROWS if self.reads_at_ticks else 0
+        self._datagrams = np.zeros((rows, RTP_MAX_DATAGRAM), np.uint8)
         if self.reads_at_ticks:
-            self._datagrams = np.zeros((RTP_TICK_READ_ROWS, RTP_MAX_DATAGRAM), np.uint8)
             return
         log.warning(
             "rtp: the socket's receive buffer is %d KiB, not the %d KiB asked for "
@@ -210,33 +211,19 @@ class _RtpReader:
         if self._closed or not self.reads_at_ticks:
             return []
         outputs: list[IngestOutput] = []
-        recv_into = self.sock.recvfrom_into
-        view = self._datagrams.reshape(-1).data
-        stride, rows = RTP_MAX_DATAGRAM, self._datagrams.shape[0]
         for _ in range(RTP_TICK_READ_MAX_ROUNDS):
-            sizes: list[int] = []
-            addrs: list[Any] = []
-            n = 0
-            while n < rows:
-                try:
-                    size, addr = recv_into(view[n * stride : (n + 1) * stride])
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:  # e.g. an ICMP error queued on the socket
-                    log.warning("rtp socket error: %s", exc)
-                    break  # the rest waits for the next tick; an error that stays cannot spin
-                sizes.append(size)
-                addrs.append(addr)
-                n += 1
-            if n:
+            sizes, addrs, error = read_into_rows(self.sock, self._datagrams)
+            if error is not None:  # e.g. an ICMP error queued on the socket
+                log.warning("rtp socket error: %s", error)
+            if sizes:
                 try:
                     outputs += self.core.receive_batch(
                         self._datagrams, sizes, addrs, self._loop.time()
                     )
                 except Exception:  # a bug, not bad input (the core reports that)
-                    log.exception("rtp: a batch of %d datagrams could not be handled", n)
+                    log.exception("rtp: a batch of %d datagrams could not be handled", len(sizes))
                     self.service.metrics.protocol_error("rtp")
-            if n < rows:
+            if len(sizes) < self._datagrams.shape[0]:  # the queue is empty (or erred)
                 break
         return outputs
 

@@ -52,6 +52,7 @@ from emotion_engine.ingest.sip import (
     SipStreamFramer,
     SipUas,
 )
+from emotion_engine.udp import read_into_rows
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,15 @@ class _MediaPort:
     named: set[tuple[str, int]] = field(default_factory=set)
     held_dropped: int = 0
     closed: bool = False
+
+
+def _with_call_info(media: _MediaPort, outputs: list[IngestOutput]) -> list[IngestOutput]:
+    """``outputs`` of the port's ingest, each ``LegStarted`` given the SIP facts of its
+    call (From/To, SIPREC participant) for its ``call.start``."""
+    return [
+        replace(o, info={**o.info, **media.info}) if isinstance(o, LegStarted) else o
+        for o in outputs
+    ]
 
 
 class _SipDatagramProtocol(asyncio.DatagramProtocol):
@@ -470,10 +480,7 @@ class SipServer:
         if addr not in media.named:
             media.named.add(addr)
             out += ingest.name_leg(addr, None, media.call_id, media.party)
-        for item in ingest.receive_datagram(data, addr, now):
-            if isinstance(item, LegStarted):
-                item = replace(item, info={**item.info, **media.info})
-            out.append(item)
+        out += _with_call_info(media, ingest.receive_datagram(data, addr, now))
         if out:
             self.service.submit(out, source=SOURCE)
 
@@ -508,22 +515,12 @@ class SipServer:
         through :meth:`_media_datagram` (latching, naming, hold, allow-list)."""
         out: list[IngestOutput] = []
         buf = self._rx
-        view, stride, rows = buf.reshape(-1).data, buf.shape[1], buf.shape[0]
         while True:
-            sizes: list[int] = []
-            addrs: list[tuple[str, int]] = []
-            while len(sizes) < rows:
-                n = len(sizes)
-                try:
-                    size, addr = media.sock.recvfrom_into(view[n * stride : (n + 1) * stride])
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:  # ICMP errors say nothing about the media coming in
-                    break  # the rest waits for the next tick; an error that stays cannot spin
-                sizes.append(size)
-                addrs.append(addr if len(addr) == 2 else (str(addr[0]), int(addr[1])))
+            # an error (ICMP says nothing about the media coming in) just ends this read
+            sizes, raw, _ = read_into_rows(media.sock, buf)
             if not sizes:
                 return out
+            addrs = [a if len(a) == 2 else (str(a[0]), int(a[1])) for a in raw]
             current, ingest = media.current, media.ingest
             head = buf[: len(sizes)]
             usual = (
@@ -542,14 +539,11 @@ class SipServer:
             if usual:
                 assert ingest is not None
                 media.last_packet = now
-                for item in ingest.receive_batch(buf, sizes, addrs, now):
-                    if isinstance(item, LegStarted):
-                        item = replace(item, info={**item.info, **media.info})
-                    out.append(item)
+                out += _with_call_info(media, ingest.receive_batch(buf, sizes, addrs, now))
             else:
                 for i, (size, addr) in enumerate(zip(sizes, addrs, strict=True)):
                     self._media_datagram(media, bytes(buf[i, :size]), addr, now)
-            if len(sizes) < rows:
+            if len(sizes) < buf.shape[0]:
                 return out
 
     async def _poll_media(self) -> None:
