@@ -281,15 +281,10 @@ class JitterBuffer:
                 released_samples += n_new_released * n
                 self._last_pcm = block[n_new_released - 1]
             new_last = last + n_release
-            # _release_oldest's bookkeeping, one sequence number at a time, so the
-            # history of released numbers is trimmed exactly as it would have been
-            recent = self._released_recent
+            # one sequence number at a time, as _release_oldest does, so the history
+            # of released numbers is trimmed exactly as it would have been
             for s in range(last + 1, new_last + 1):
-                recent.add(s)
-                if len(recent) > 2 * _HISTORY:
-                    floor = s - _HISTORY
-                    recent = {r for r in recent if r > floor}
-            self._released_recent = recent
+                self._remember_released(s)
             self._last_released_seq = new_last
             self._next_ts = next_ts + released_samples
         for j in range(n_new_released, k):
@@ -319,11 +314,7 @@ class JitterBuffer:
                 missing = 0  # a restart of the sequence, not loss
             self.stats.lost += missing
         self._last_released_seq = ext_seq
-        recent = self._released_recent
-        recent.add(ext_seq)
-        if len(recent) > 2 * _HISTORY:
-            floor = ext_seq - _HISTORY
-            self._released_recent = {s for s in recent if s > floor}
+        self._remember_released(ext_seq)
         if pcm.size == 0:
             # A placeholder (comfort noise, DTMF event, unsupported codec) holds its
             # sequence number so it is not counted lost; its time is filled as silence
@@ -351,6 +342,15 @@ class JitterBuffer:
         self._next_ts = ts + pcm.size
         if pcm.size:
             self._last_pcm = pcm
+
+    def _remember_released(self, ext_seq: int) -> None:
+        """Note ``ext_seq`` as released (a later copy is then a duplicate, not late),
+        keeping the last ``_HISTORY`` or so."""
+        recent = self._released_recent
+        recent.add(ext_seq)
+        if len(recent) > 2 * _HISTORY:
+            floor = ext_seq - _HISTORY
+            self._released_recent = {s for s in recent if s > floor}
 
     def _fill(self, n_samples: int, *, concealing: bool) -> NDArray[np.int16]:
         fill = np.zeros(n_samples, dtype=np.int16)

@@ -41,7 +41,7 @@ from emotion_engine.ingest.base import (
     LegStarted,
     ProtocolViolation,
 )
-from emotion_engine.ingest.jitter import JitterBuffer, JitterStats
+from emotion_engine.ingest.jitter import SEQ_MODULUS, TS_MODULUS, JitterBuffer, JitterStats
 
 __all__ = [
     "PAYLOAD_CODECS",
@@ -370,8 +370,8 @@ class RtpIngest:
         plain_group = np.logical_and.reduceat(plain, starts).tolist()
         # a datagram continues the run before it: next sequence number and timestamp
         continues = np.zeros(n, dtype=bool)
-        continues[1:] = ((g_seq[1:] - g_seq[:-1]) % 65536 == 1) & (
-            (g_ts[1:] - g_ts[:-1]) % 4294967296 == g_size[:-1] - HEADER_SIZE
+        continues[1:] = ((g_seq[1:] - g_seq[:-1]) % SEQ_MODULUS == 1) & (
+            (g_ts[1:] - g_ts[:-1]) % TS_MODULUS == g_size[:-1] - HEADER_SIZE
         )
         continues[starts] = False
         runs_in_group = np.add.reduceat(~continues, starts).tolist()
