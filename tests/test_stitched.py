@@ -5,10 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emotion_engine.training.stitched import StitchedCall, resolve_speakers, score
+from emotion_engine.training.stitched import (
+    StitchedCall,
+    resolve_speakers,
+    score,
+    speech_onset_s,
+)
 
 
-def call(name: str, speaker: str, onset: float | None, neutral_s: float) -> StitchedCall:
+def call(
+    name: str,
+    speaker: str,
+    onset: float | None,
+    neutral_s: float,
+    clip_start: float | None = None,
+) -> StitchedCall:
     return StitchedCall(
         name=name,
         speaker=speaker,
@@ -16,6 +27,7 @@ def call(name: str, speaker: str, onset: float | None, neutral_s: float) -> Stit
         anger_onset_s=onset,
         anger_end_s=None if onset is None else onset + 6.0,
         neutral_s=neutral_s,
+        anger_clip_start_s=clip_start,
     )
 
 
@@ -59,3 +71,38 @@ def test_prefix_resolves_to_a_speaker_with_both_classes() -> None:
         {"speaker": "turevdb_2", "emotion": "calm"},
     ]
     assert resolve_speakers(rows, ["turevdb_"]) == ["turevdb_2"]
+
+
+def test_delays_from_the_clip_start_add_the_leading_silence() -> None:
+    calls = [call("a-anger", "ravdess_01", 21.0, 21.0, clip_start=20.0)]
+    result = score(calls, [[spike(22.5)]])
+    assert result["median_delay_all_s"] == pytest.approx(1.5)
+    assert result["median_delay_all_from_clip_start_s"] == pytest.approx(2.5)
+    assert result["calls"][0]["clip_start_s"] == 20.0
+
+
+def test_a_spike_before_the_speech_onset_is_a_false_alarm() -> None:
+    # detected in the leading silence of the angry clip: anger had not been heard yet
+    calls = [call("a-anger", "ravdess_01", 21.0, 21.0, clip_start=20.0)]
+    result = score(calls, [[spike(20.6)]])
+    assert result["false_spikes"] == 1 and result["detected_at_all"] == 0
+
+
+def test_speech_onset_is_the_first_frame_near_the_peak() -> None:
+    rng = np.random.default_rng(0)
+    quiet = rng.normal(0, 1e-4, 8000).astype(np.float32)  # 1 s, -80 dB
+    t = np.arange(8000) / 8000
+    voice = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    samples = np.concatenate([quiet, voice, quiet])
+    assert speech_onset_s(samples=samples, below_peak_db=40.0) == pytest.approx(1.0)
+    # a soft start 30 dB down counts at a 40 dB bar, not at a 20 dB one
+    soft = (voice[:800] * 10 ** (-30 / 20)).astype(np.float32)
+    samples = np.concatenate([quiet, soft, voice])
+    assert speech_onset_s(samples=samples, below_peak_db=40.0) == pytest.approx(1.0)
+    assert speech_onset_s(samples=samples, below_peak_db=20.0) == pytest.approx(1.1)
+    # the same onset from a second path: the first sample whose 20 ms block is loud
+    blocks = np.square(samples[: samples.size // 160 * 160].reshape(-1, 160)).mean(axis=1)
+    first = int(np.flatnonzero(blocks >= blocks.max() * 1e-4)[0])
+    assert speech_onset_s(samples=samples, below_peak_db=40.0) == first * 160 / 8000
+    assert speech_onset_s(samples=np.zeros(4000, np.float32), below_peak_db=40.0) == 0.0
+    assert speech_onset_s(samples=np.zeros(10, np.float32), below_peak_db=40.0) == 0.0

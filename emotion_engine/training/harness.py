@@ -237,6 +237,7 @@ def run_harness(
                 "spike_recall_3s",
                 "median_delay_s",
                 "median_delay_all_s",
+                "median_delay_all_from_clip_start_s",
                 "false_spikes_per_hour",
                 "anger_segments",
                 "false_spikes",
@@ -313,7 +314,13 @@ def format_harness(h: dict[str, Any], labels: tuple[str, ...] | list[str]) -> st
             f"Stitched-call detection (from {d['source']}, normalisation "
             f"{d.get('normalisation') or 'none'}): spike "
             f"recall within 3 s {_pct(d['spike_recall_3s'])} % of {d['anger_segments']}, "
-            f"median delay {d['median_delay_s']:.2f} s, false spikes "
-            f"{d['false_spikes_per_hour']:.1f} per hour of neutral/calm speech.",
+            f"median delay {d['median_delay_s']:.2f} s from the angry voice's onset"
+            + (
+                f" ({d['median_delay_all_from_clip_start_s']:.2f} s over all detected segments"
+                " from the anger clip's first sample, its leading silence included)"
+                if d.get("median_delay_all_from_clip_start_s") is not None
+                else ""
+            )
+            + f", false spikes {d['false_spikes_per_hour']:.1f} per hour of neutral/calm speech.",
         ]
     return "\n".join(lines) + "\n"

@@ -13,7 +13,11 @@ Each call is streamed through the live engine (20 ms chunks). Reported:
 
 - spike recall: share of anger segments whose ``emotion.spike`` start is *emitted*
   within 3 s of the anger onset (the emission time is the start event's
-  ``detected_at``, which includes the detector's confirmation time);
+  ``detected_at``, which includes the detector's confirmation time). The onset is
+  where the angry voice starts: the anger segment's first 20 ms frame within 40 dB of
+  its loudest frame, not the segment's first sample -- RAVDESS clips
+  open with ~1 s of silence, which no detector can hear as anger. The median delay
+  from the clip's first sample is reported too (``median_delay_all_from_clip_start_s``);
 - the median and 90th percentile of that delay (over detected segments);
 - false spikes per hour: spike starts on calm calls, and before the onset on anger
   calls, per hour of that neutral/calm speech.
@@ -61,6 +65,10 @@ DEFAULT_HELD_OUT: tuple[str, ...] = (
 NEUTRAL_EMOTIONS = ("neutral", "calm")
 RECALL_WINDOW_S = 3.0
 CHUNK_SAMPLES = 160  # 20 ms packets, as RTP delivers them
+# Speech onset: the first 20 ms frame no more than this far below the loudest frame.
+# 30 and 40 dB give the same onsets on RAVDESS (~1.0 s into each clip); the lower
+# bar puts the onset no later, so delays are not flattered by a missed soft start.
+SPEECH_ONSET_BELOW_PEAK_DB = 40.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +76,14 @@ class StitchedCall:
     name: str
     speaker: str
     samples: NDArray[np.float32]  # (n,) 8 kHz, G.711 round-tripped
-    anger_onset_s: float | None  # None for calm-only calls
+    # where the angry voice starts (the first clip's speech onset, see speech_onset_s);
+    # None for calm-only calls
+    anger_onset_s: float | None
     anger_end_s: float | None
     neutral_s: float  # seconds of neutral/calm material where a spike is a false alarm
+    # where the anger segment's audio starts, the first clip's leading silence included
+    # (RAVDESS clips open with ~1 s of it); delays are also reported from here
+    anger_clip_start_s: float | None = None
 
 
 def _rows(data_dir: Path) -> list[dict[str, str]]:
@@ -129,6 +142,21 @@ def _concat(
     return np.concatenate(parts)
 
 
+def speech_onset_s(*, samples: NDArray[np.float32], below_peak_db: float) -> float:
+    """Seconds from the start of ``samples`` (n,) at 8 kHz to the first 20 ms frame whose
+    RMS is within ``below_peak_db`` of the loudest frame's (0.0 for silence throughout)."""
+    n_frames = samples.size // CHUNK_SAMPLES
+    if n_frames == 0:
+        return 0.0
+    frames = samples[: n_frames * CHUNK_SAMPLES].reshape(n_frames, CHUNK_SAMPLES)
+    power = np.mean(np.square(frames, dtype=np.float64), axis=1)
+    peak = float(power.max())
+    if peak <= 0.0:
+        return 0.0
+    loud = power >= peak * 10.0 ** (-below_peak_db / 10.0)
+    return float(np.argmax(loud)) * CHUNK_SAMPLES / MODEL_SAMPLE_RATE_HZ
+
+
 def build_calls(
     *, data_dir: Path, speakers: Sequence[str], seed: int = 0, calls_per_speaker: int = 2
 ) -> list[StitchedCall]:
@@ -153,15 +181,19 @@ def build_calls(
             anger = _concat(angry, min_s=6.0, rng=rng)
             after = _concat(neutral, min_s=10.0, rng=rng)
             samples = g711_roundtrip(samples=np.concatenate([before, anger, after]), law="ulaw")
-            onset = before.size / MODEL_SAMPLE_RATE_HZ
+            clip_start = before.size / MODEL_SAMPLE_RATE_HZ
+            onset = clip_start + speech_onset_s(
+                samples=anger, below_peak_db=SPEECH_ONSET_BELOW_PEAK_DB
+            )
             calls.append(
                 StitchedCall(
                     name=f"{speaker}-anger-{k}",
                     speaker=speaker,
                     samples=samples,
                     anger_onset_s=onset,
-                    anger_end_s=onset + anger.size / MODEL_SAMPLE_RATE_HZ,
+                    anger_end_s=clip_start + anger.size / MODEL_SAMPLE_RATE_HZ,
                     neutral_s=onset,
+                    anger_clip_start_s=clip_start,
                 )
             )
             calm = g711_roundtrip(samples=_concat(neutral, min_s=60.0, rng=rng), law="ulaw")
@@ -209,6 +241,9 @@ def score(
 ) -> dict[str, Any]:
     delays: list[float] = []  # detected within the recall window
     all_delays: list[float] = []  # detected at all during the anger segment
+    # the same detections timed from the anger segment's first sample, leading silence
+    # included: how these figures were measured before speech onsets were used
+    from_clip_start: list[float] = []
     hits = 0
     n_anger = 0
     false_spikes = 0
@@ -229,13 +264,27 @@ def score(
         delay = min(after) if after else None
         if delay is not None:
             all_delays.append(delay)
+            clip_start = onset if call.anger_clip_start_s is None else call.anger_clip_start_s
+            from_clip_start.append(delay + onset - clip_start)
         if delay is not None and delay <= RECALL_WINDOW_S:
             hits += 1
             delays.append(delay)
-        per_call.append({"call": call.name, "onset_s": round(onset, 2), "delay_s": delay})
+        per_call.append(
+            {
+                "call": call.name,
+                "onset_s": round(onset, 2),
+                "clip_start_s": None
+                if call.anger_clip_start_s is None
+                else round(call.anger_clip_start_s, 2),
+                "delay_s": delay,
+            }
+        )
     hours = neutral_s / 3600
     return {
         **_totals(hits, n_anger, false_spikes, hours, delays, all_delays),
+        "median_delay_all_from_clip_start_s": (
+            float(np.median(from_clip_start)) if from_clip_start else None
+        ),
         "by_corpus": _by_corpus(calls, spikes),
         "calls": per_call,
     }
