@@ -1,12 +1,15 @@
 """The engine's fast paths give the numbers of the general ones, bit for bit.
 
-Scratch buffers reused across LLD blocks, the all-plain-legs branch of ``Engine._run``
-and the unsmoothed shortcut of ``CallSummarizer.update`` must each be invisible.
+Scratch buffers reused across LLD blocks and calls, the all-plain-legs branch of
+``Engine._run``, the frame starts kept from the last tick, the functionals' side-by-side
+column sums and the unsmoothed shortcut of ``CallSummarizer.update`` must each be
+invisible.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import deque
 from typing import Any
 
@@ -15,10 +18,13 @@ import pytest
 import scipy.fft
 
 from emotion_engine.config import DEFAULT_DETECTOR_PARAMS
+from emotion_engine.detect.spike import SpikeDetector
 from emotion_engine.detect.summary import CallSummarizer, _recent_means
 from emotion_engine.engine.pipeline import Engine
+from emotion_engine.features import functionals as functionals_module
 from emotion_engine.features import lld as lld_module
-from emotion_engine.features.lld import compute_lld, compute_lld_at
+from emotion_engine.features.functionals import FUNCTIONAL_NAMES, compute_functionals
+from emotion_engine.features.lld import LLD_INDEX, LLD_NAMES, compute_lld, compute_lld_at
 from emotion_engine.frames import AudioChunk, EmotionScores
 from emotion_engine.model.runtime import EmotionModel
 from emotion_engine.publish.events import Event
@@ -44,7 +50,7 @@ def test_lld_blocks_reusing_scratch_equal_fresh_calls() -> None:
     n = 2 * chunk + 37
     starts = np.arange(n, dtype=np.int64) * 80
     whole = compute_lld_at(signal=signal, starts=starts)
-    # blocks of a different size, each its own call (its own scratch)
+    # blocks of a different size, each its own call (the thread's scratch again)
     pieces = [compute_lld_at(signal=signal, starts=starts[i : i + 100]) for i in range(0, n, 100)]
     assert np.array_equal(whole.view(np.uint32), np.concatenate(pieces).view(np.uint32))
     frames = np.stack([np.nan_to_num(signal[s : s + 200], nan=0.0) for s in starts])
@@ -54,6 +60,97 @@ def test_lld_blocks_reusing_scratch_equal_fresh_calls() -> None:
     assert np.array_equal(
         loud_then_quiet.view(np.uint32), whole[chunk - 5 : chunk + 5].view(np.uint32)
     )
+
+
+def test_lld_scratch_kept_across_calls_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread's scratch, reused by every call, leaves nothing of a loud call in a
+    quiet one: the rows equal those from fresh buffers, and another thread's."""
+    signal = _speechlike(8000 * 3, seed=11)
+    quiet = (signal * 1e-3).astype(np.float32)
+    loud_starts = np.arange(250, dtype=np.int64) * 80
+    quiet_starts = np.arange(0, 7, dtype=np.int64) * 80 + 13
+    compute_lld_at(signal=signal, starts=loud_starts)  # fills most scratch rows
+    reused = compute_lld_at(signal=quiet, starts=quiet_starts)
+    fresh: dict[str, np.ndarray] = {}
+
+    def in_new_thread() -> None:
+        fresh["rows"] = compute_lld_at(signal=quiet, starts=quiet_starts)
+
+    worker = threading.Thread(target=in_new_thread)
+    worker.start()
+    worker.join()
+    monkeypatch.setattr(lld_module, "_THREAD_SCRATCH", lld_module._ThreadScratch())
+    fresh_here = compute_lld_at(signal=quiet, starts=quiet_starts)
+    assert np.array_equal(reused.view(np.uint32), fresh["rows"].view(np.uint32))
+    assert np.array_equal(reused.view(np.uint32), fresh_here.view(np.uint32))
+
+
+def test_voiced_mean_std_are_running_float32_sums() -> None:
+    """The kernel's voiced means and stds (columns summed side by side) are, bit for
+    bit, one running float32 sum per column over the frames in order."""
+    rng = np.random.default_rng(4)
+    lld = rng.standard_normal((3, 120, len(LLD_NAMES))).astype(np.float32) * 40
+    lld[..., LLD_INDEX["voiced"]] = rng.random((3, 120)) < 0.6
+    lld[..., LLD_INDEX["f0_hz"]] = np.abs(lld[..., LLD_INDEX["f0_hz"]]) + 50
+    got = compute_functionals(lld=lld)
+    for b in range(lld.shape[0]):
+        voiced = lld[b, :, LLD_INDEX["voiced"]] > 0.5
+        denom = np.float32(max(int(voiced.sum()), 1))
+        for name in functionals_module._MEAN_STD_VOICED:
+            column = lld[b, :, LLD_INDEX[name]]
+            acc = np.float32(0.0)
+            for v, is_voiced in zip(column, voiced, strict=True):
+                if is_voiced:
+                    acc = np.float32(acc + v)
+            mean = np.float32(acc / denom)
+            acc = np.float32(0.0)
+            for v, is_voiced in zip(column, voiced, strict=True):
+                dev = np.float32((v - mean) * np.float32(1.0 if is_voiced else 0.0))
+                acc = np.float32(acc + dev * dev)
+            std = np.sqrt(np.float32(acc / denom))
+            i_mean = FUNCTIONAL_NAMES.index(f"{name}_mean")
+            i_std = FUNCTIONAL_NAMES.index(f"{name}_std")
+            assert got[b, i_mean].tobytes() == mean.tobytes(), name
+            assert got[b, i_std].tobytes() == std.tobytes(), name
+
+
+def test_frame_starts_follow_changing_sizes(model: EmotionModel) -> None:
+    """The frame starts kept from the last tick serve only a tick with the same sizes."""
+    engine = Engine(model=model)
+    hop = engine.params.features.hop_length
+
+    def naive(counts: list[int], bounds: list[int]) -> list[int]:
+        return [b + k * hop for b, c in zip(bounds, counts, strict=False) for k in range(c)]
+
+    ticks = [([10, 10], [0, 920, 1840]), ([10, 10], [0, 920, 1840]), ([9, 10], [0, 880, 1800])]
+    ticks += [([10, 0], [0, 920, 1000]), ([10, 0], [0, 920, 1000]), ([10, 10], [0, 920, 1840])]
+    for counts, bounds in ticks:
+        got = engine._frame_starts(list(counts), list(bounds))
+        assert got.dtype == np.int64
+        assert got.tolist() == naive(counts, bounds)
+
+
+def test_detector_view_is_the_snapshot() -> None:
+    labels = ("neutral", "happy", "sad", "angry")
+    detector = SpikeDetector(labels=labels)
+    rng = np.random.default_rng(2)
+    for i in range(40):
+        p = rng.dirichlet(np.ones(4) * (0.3 if i > 20 else 3.0)).tolist()
+        detector.update(
+            EmotionScores(
+                "c", "customer", 0.5 * i, dict(zip(labels, p, strict=True)), 0.5, 0.5, i % 5 != 0
+            )
+        )
+        want = {
+            emotion: {
+                "state": snap.state.value,
+                "score": snap.score,
+                "baseline": snap.baseline,
+                "baseline_ready": snap.baseline_ready,
+            }
+            for emotion, snap in detector.snapshot().items()
+        }
+        assert detector.view() == want
 
 
 def _run_legs(

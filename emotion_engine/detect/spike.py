@@ -292,6 +292,20 @@ class SpikeDetector:
         """Per spike emotion: state, smoothed score and baseline right now."""
         return {track.emotion: track.snapshot() for track in self._tracks}
 
+    def view(self) -> dict[str, dict[str, str | float | bool | None]]:
+        """:meth:`snapshot` as ``emotion.update``'s ``detector`` field: per spike emotion
+        ``{"state", "score", "baseline", "baseline_ready"}``, fresh dicts. Built from the
+        tracks directly: the snapshot objects in between cost ~1 us a window."""
+        return {
+            track.emotion: {
+                "state": track.state.value,
+                "score": track.smoothed,
+                "baseline": track.baseline,
+                "baseline_ready": track.baseline_ready,
+            }
+            for track in self._tracks
+        }
+
     def update(self, scores: EmotionScores) -> list[Event]:
         """Feed one window (speech or not); returns the spike events it caused."""
         ctx = (scores.call_id, scores.party)

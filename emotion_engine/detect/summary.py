@@ -200,7 +200,8 @@ class CallSummarizer:
         self._n_speech = 0
         self._sum_valence = 0.0
         self._sum_arousal = 0.0
-        self._dominant_counts = np.zeros(len(self.labels), dtype=np.int64)
+        # Python ints: one increment a window, cheaper than a numpy element's
+        self._dominant_counts = [0] * len(self.labels)
         self._peak: PeakMoment | None = None
         self._spikes: dict[str, int] = {}
 
@@ -223,7 +224,7 @@ class CallSummarizer:
         v = float(self._weights @ p)
         self._sum_valence += v
         self._sum_arousal += scores.arousal
-        self._dominant_counts[int(np.argmax(p))] += 1
+        self._dominant_counts[int(p.argmax())] += 1  # the method: np.argmax's wrapper costs
         self._end.append((scores.t, p, scores.arousal))
 
         self._recent.append((p, scores.arousal))
@@ -237,7 +238,7 @@ class CallSummarizer:
             p_s, a_s = _recent_means(self._recent)
             v_s = float(self._weights @ p_s)
         if self._peak is None or v_s < self._peak.valence:
-            i = int(self._negative[np.argmax(p_s[self._negative])])
+            i = int(self._negative[p_s[self._negative].argmax()])
             self._peak = PeakMoment(
                 t=scores.t, emotion=self.labels[i], score=float(p_s[i]), valence=v_s, arousal=a_s
             )

@@ -85,7 +85,7 @@ class PartyTracker:
                 f"update() on a {state} tracker for {self.call_id!r}/{self.party!r} "
                 f"at t={scores.t!r}"
             )
-        if (scores.call_id, scores.party) != (self.call_id, self.party):
+        if scores.call_id != self.call_id or scores.party != self.party:
             raise EventError(
                 f"scores for {scores.call_id!r}/{scores.party!r} sent to the tracker of "
                 f"{self.call_id!r}/{self.party!r}"
@@ -96,20 +96,11 @@ class PartyTracker:
             if event.payload["phase"] == "start":
                 self.summarizer.add_spike(emotion=event.payload["emotion"])
         self._t_last = max(self._t_last, scores.t)
-        detector_view = {
-            emotion: {
-                "state": snap.state.value,
-                "score": snap.score,
-                "baseline": snap.baseline,
-                "baseline_ready": snap.baseline_ready,
-            }
-            for emotion, snap in self.detector.snapshot().items()
-        }
         update = emotion_update(
             scores,
             window_s=self.window_s,
             valence=valence(scores.probabilities) if scores.is_speech else None,
-            detector=detector_view,
+            detector=self.detector.view(),
         )
         return [update, *spikes]
 

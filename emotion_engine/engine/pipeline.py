@@ -164,6 +164,8 @@ class Engine:
         # history buffer rows per leg: one window plus ~5 ticks of new frames, so the
         # rows that fall out of reach are dropped every ~5th tick, not on every tick
         self._history_rows = params.window.window_frames + 56
+        # (counts, bounds, starts) of the last _frame_starts call
+        self._starts_cache: tuple[list[int], list[int], NDArray[np.int64]] | None = None
 
     # -- leg lifecycle -------------------------------------------------------------
 
@@ -332,8 +334,7 @@ class Engine:
         length, hop = fp.frame_length, fp.hop_length
         pieces: list[NDArray[np.float32]] = []
         counts: list[int] = []
-        sizes: list[int] = []  # tail + new samples, per leg
-        offsets: list[int] = []  # each leg's first sample in the joint buffer
+        bounds = [0]  # leg i's tail + new samples are joint[bounds[i] : bounds[i + 1]]
         offset = 0
         for leg, x in zip(legs, new_samples, strict=True):
             if leg.skip:
@@ -347,29 +348,49 @@ class Engine:
                 leg.skip = max(0, count * hop - size)
             pieces += (tail, x)
             counts.append(count)
-            sizes.append(size)
-            offsets.append(offset)
             offset += size
+            bounds.append(offset)
         if not pieces:
             return
         joint = np.concatenate(pieces)
-        counts_arr = np.asarray(counts, dtype=np.int64)
-        total = int(counts_arr.sum())
+        total = sum(counts)
         lld: NDArray[np.float32] | None = None
         if total:
-            # frame k of a leg starts at its offset + k * hop
-            first_row = np.cumsum(counts_arr) - counts_arr
-            k = np.arange(total, dtype=np.int64) - np.repeat(first_row, counts_arr)
-            starts = np.repeat(np.asarray(offsets, dtype=np.int64), counts_arr) + k * hop
-            lld = compute_lld_at(signal=joint, starts=starts, params=fp)
+            lld = compute_lld_at(signal=joint, starts=self._frame_starts(counts, bounds), params=fp)
         row = 0
-        for leg, count, size, start in zip(legs, counts, sizes, offsets, strict=True):
+        for leg, count, (start, stop) in zip(legs, counts, pairwise(bounds), strict=True):
             # a copy, so the carried samples do not pin the joint buffer
-            leg.tail = joint[start + min(count * hop, size) : start + size].copy()
+            leg.tail = joint[min(start + count * hop, stop) : stop].copy()
             if count:
                 assert lld is not None
-                self._append_history(leg, lld[row : row + count])
+                # _append_history's usual case inlined (a call per leg a tick): room left
+                used, history = leg.history_len, leg.history
+                if history is not None and used + count <= history.shape[0]:
+                    history[used : used + count] = lld[row : row + count]
+                    leg.history_len = used + count
+                    leg.frames_seen += count
+                else:
+                    self._append_history(leg, lld[row : row + count])
                 row += count
+
+    def _frame_starts(self, counts: list[int], bounds: list[int]) -> NDArray[np.int64]:
+        """(sum(counts),) start of every new frame in the joint buffer: leg i's frame k at
+        ``bounds[i] + k * hop``. The last tick's array when the legs' sizes repeat, as
+        they do tick after tick in a steady stream (six numpy calls saved a tick)."""
+        cached = self._starts_cache
+        if cached is not None and cached[0] == counts and cached[1] == bounds:
+            return cached[2]
+        hop = self.params.features.hop_length
+        counts_arr = np.array(counts, dtype=np.int64)
+        first_row = np.cumsum(counts_arr) - counts_arr
+        # (bounds[i] - first_row[i] * hop) + row * hop, row the frame's row in the output
+        shift = np.array(bounds[:-1], dtype=np.int64) - first_row * hop
+        total = int(counts_arr.sum())
+        starts = np.repeat(shift, counts_arr) + np.arange(0, total * hop, hop, dtype=np.int64)
+        # shared with later ticks: compute_lld_at only reads it (a read-only flag would
+        # make numba compile its kernels a second time, for read-only arrays)
+        self._starts_cache = (counts, bounds, starts)
+        return starts
 
     def _append_history(self, leg: _Leg, rows: NDArray[np.float32]) -> None:
         """Append (n, n_lld) LLD rows to the leg's history, dropping the rows no window

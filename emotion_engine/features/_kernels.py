@@ -459,6 +459,9 @@ def window_functionals(
     column = np.empty(t, dtype=np.float32)
     scratch = np.empty(t, dtype=np.float32)
     ordered = np.empty(t, dtype=np.float32)
+    n_mean_std = mean_std_cols.size
+    acc = np.empty(n_mean_std, dtype=np.float32)  # per column: running sum
+    means = np.empty(n_mean_std, dtype=np.float32)
     ref = np.float32(f0_reference_hz)
     factor_hi = np.float32(max_period_factor)
     factor_lo = np.float32(1.0 / max_period_factor)
@@ -498,21 +501,29 @@ def window_functionals(
                 if q == 0:
                     first_pct = pct
             out[b, prosody_out[p, 2 + n_pct]] = pct - first_pct
-        # voiced mean and std of the other LLDs: running sums over frames in order
+        # voiced mean and std of the other LLDs: running sums over frames in order, one
+        # per column, the columns side by side. Column after column, each sum was one
+        # chain of dependent adds, latency-bound (~1/4 of the kernel, 20 windows of 200
+        # frames); the same adds in the same order per column now overlap: the numbers
+        # are unchanged (tests/test_engine_fastpath.py).
         denom = np.float32(max(count, 1))
-        for j in range(mean_std_cols.size):
-            c = mean_std_cols[j]
-            acc = np.float32(0.0)
-            for i in range(t):
-                if voiced[i]:
-                    acc += x[b, i, c]
-            mean = acc / denom
-            acc = np.float32(0.0)
-            for i in range(t):
-                dev = (x[b, i, c] - mean) * (np.float32(1.0) if voiced[i] else np.float32(0.0))
-                acc += dev * dev
-            out[b, mean_out[j]] = mean
-            out[b, std_out[j]] = np.sqrt(acc / denom)
+        for j in range(n_mean_std):
+            acc[j] = np.float32(0.0)
+        for i in range(t):
+            if voiced[i]:
+                for j in range(n_mean_std):
+                    acc[j] += x[b, i, mean_std_cols[j]]
+        for j in range(n_mean_std):
+            means[j] = acc[j] / denom
+            acc[j] = np.float32(0.0)
+        for i in range(t):
+            w = np.float32(1.0) if voiced[i] else np.float32(0.0)
+            for j in range(n_mean_std):
+                dev = (x[b, i, mean_std_cols[j]] - means[j]) * w
+                acc[j] += dev * dev
+        for j in range(n_mean_std):
+            out[b, mean_out[j]] = means[j]
+            out[b, std_out[j]] = np.sqrt(acc[j] / denom)
         # consecutive voiced pairs whose periods are within the factor
         n_pairs = 0
         for i in range(t - 1):

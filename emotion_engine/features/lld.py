@@ -43,6 +43,7 @@ All spectral descriptors share one Hann-windowed ``rfft`` of ``n_fft`` points.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -236,7 +237,7 @@ def compute_lld(
     lead = x.shape[:-1]
     flat = x.reshape(-1, n)
     out = np.empty((flat.shape[0], len(LLD_NAMES)), dtype=np.float32)
-    scratch = _Scratch.new(tables, params, rows=min(_CHUNK_FRAMES, flat.shape[0]))
+    scratch = _scratch_for(tables, params)
     for start in range(0, flat.shape[0], _CHUNK_FRAMES):
         stop = min(start + _CHUNK_FRAMES, flat.shape[0])
         chunk = np.ascontiguousarray(flat[start:stop], dtype=np.float32).reshape(-1)
@@ -269,7 +270,7 @@ def compute_lld_at(
         )
     tables = _tables(params)
     out = np.empty((at.size, len(LLD_NAMES)), dtype=np.float32)
-    scratch = _Scratch.new(tables, params, rows=min(_CHUNK_FRAMES, at.size))
+    scratch = _scratch_for(tables, params)
     try:
         for start in range(0, at.size, _CHUNK_FRAMES):
             stop = min(start + _CHUNK_FRAMES, at.size)
@@ -284,12 +285,13 @@ def compute_lld_at(
 
 @dataclass(frozen=True)
 class _Scratch:
-    """One call's FFT inputs, reused by all its blocks (a block uses the first rows).
+    """FFT inputs reused by every block of every call in one thread (a block uses the
+    first rows); see :func:`_scratch_for`.
 
     ``time_domain`` writes the first ``frame_length`` columns of every row it uses and
-    never the rest, so the zero padding is written once per call, not per block: the
-    zeroed allocations (~0.6 MB a block, page faults included) were a measurable
-    share of the engine's time at thousands of legs.
+    never the rest (nor do the FFTs, which only read them), so the zero padding is
+    written once per thread, not per call or block: the zeroed allocations (~0.8 MB)
+    were ~2 % of the engine's time at 20 legs, one call a tick (py-spy).
     """
 
     padded: NDArray[np.float32]  # (rows, n_fft_acf) DC-free frames, zero-padded
@@ -303,6 +305,28 @@ class _Scratch:
             windowed=np.zeros((rows, params.n_fft), dtype=np.float32),
             csum=np.empty((rows, params.frame_length + 1), dtype=np.float32),
         )
+
+
+class _ThreadScratch(threading.local):
+    """This thread's scratch and the tables it was sized for (one set of tables in
+    practice: the engine's). Per thread, because blocks write into it."""
+
+    tables: _Tables | None = None
+    scratch: _Scratch | None = None
+
+
+_THREAD_SCRATCH = _ThreadScratch()
+
+
+def _scratch_for(tables: _Tables, params: FeatureParams) -> _Scratch:
+    """This thread's :class:`_Scratch` of ``_CHUNK_FRAMES`` rows for ``tables``, made on
+    first use and again only when other tables (other parameters) come."""
+    held = _THREAD_SCRATCH
+    scratch = held.scratch
+    if scratch is None or held.tables is not tables:
+        scratch = held.scratch = _Scratch.new(tables, params, rows=_CHUNK_FRAMES)
+        held.tables = tables
+    return scratch
 
 
 def _lld_block(
