@@ -197,6 +197,18 @@ class ServeParams:
     sip_advertise: str = ""  # address for Contact and SDP (behind NAT); empty: the local one
     sip_answer_delay_s: float = 0.0  # ring (180) this long before answering
     # --- end SIP ---
+    # --- media listeners that cannot authenticate: the RTP port and AudioSocket ---
+    # Anyone who reaches them can start calls, so they listen on loopback unless the
+    # sources allowed to send are listed; the rest is dropped and counted (/metrics).
+    media_allow: str = ""  # comma-separated source addresses/networks; empty: loopback only
+    media_host: str = ""  # their listen address; empty: host with media_allow, else loopback
+    rtp_new_legs_per_s: float = 20.0  # new RTP legs (SSRCs) one source host may start a second
+    rtp_new_legs_burst: int = 100  # ... and at once
+    rtp_probation_s: float = 0.5  # audio in step a new RTP leg must send before its call.start
+    audiosocket_idle_timeout_s: float = 10.0  # close an AudioSocket connection silent this long
+    audiosocket_max_per_source: int = 500  # open AudioSocket connections per source host
+    fd_reserve: int = 128  # descriptors AudioSocket leaves free for HTTP/websockets and files
+    # --- end media listeners ---
     max_message_bytes: int = 1 << 20
     # permessage-deflate on websockets when a client asks for it (most do): smaller
     # frames, but ~4 % of the server's CPU at 500 legs; off for LAN subscribers

@@ -44,6 +44,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"TCP port for Asterisk AudioSocket, 0 = any, -1 = off (default {d.audiosocket_port})",
     )
     parser.add_argument(
+        "--media-allow",
+        default=None,
+        metavar="NETS",
+        help="comma-separated source addresses/networks allowed to send RTP (--rtp-port) "
+        "and AudioSocket, e.g. 10.0.0.0/8,192.0.2.7; they cannot authenticate, so without "
+        "this they listen on loopback only (others are dropped and counted in /metrics)",
+    )
+    parser.add_argument(
+        "--media-host",
+        default=None,
+        metavar="ADDRESS",
+        help="listen address of RTP and AudioSocket (default: --host with --media-allow, "
+        "else loopback; a public one needs --media-allow)",
+    )
+    parser.add_argument(
         "--model",
         default=None,
         metavar="PATH",
@@ -185,6 +200,8 @@ def params_from_args(args: argparse.Namespace) -> ServeParams:
         "port": args.port,
         "rtp_port": args.rtp_port,
         "audiosocket_port": args.audiosocket_port,
+        "media_allow": args.media_allow,
+        "media_host": args.media_host,
         "model": args.model,
         "detector": args.detector,
         "token": args.token,

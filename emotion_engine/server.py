@@ -30,8 +30,11 @@ import http
 import ipaddress
 import json
 import logging
+import os
+import resource
 import socket
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +55,12 @@ from emotion_engine.errors import ConfigError, ServeError
 from emotion_engine.ingest.audiohook import AudioHookSession
 from emotion_engine.ingest.audiosocket import AudioSocketSession
 from emotion_engine.ingest.base import Close, IngestOutput, ProtocolViolation, Reply
+from emotion_engine.ingest.guard import (
+    RateLimitedLog,
+    SourceAllowList,
+    SourceRateLimit,
+    parse_networks,
+)
 from emotion_engine.ingest.l16 import L16Session
 from emotion_engine.ingest.rtp import RtpIngest
 from emotion_engine.ingest.twilio import TwilioMediaSession
@@ -74,6 +83,7 @@ RTP_MAX_DATAGRAM = 2048
 # packets of a tick are handled together; rounds bound the work per tick in a flood.
 RTP_TICK_READ_ROWS = 4096
 RTP_TICK_READ_MAX_ROUNDS = 8
+MEDIA_LOG_INTERVAL_S = 10.0  # refused media sources, accept errors: one line per cause and interval
 JSON_CACHE_EVENTS = 4096  # events whose JSON text is kept for the next subscriber
 # ~0.2 s of 1,000 legs: what arrives between two reads at engine ticks waits here (_RtpReader)
 RTP_RCVBUF_BYTES = 4 << 20
@@ -100,6 +110,24 @@ class _MediaSession(Protocol):
     def connection_lost(self) -> list[IngestOutput]: ...
 
 
+def media_host(params: ServeParams) -> str:
+    """Where the RTP port and AudioSocket listen. They cannot authenticate their
+    peers, so: ``media_host`` when set (a public one needs ``media_allow``), else
+    ``host`` when ``media_allow`` lists the sources allowed to send, else loopback."""
+    if params.media_host:
+        if not is_loopback(params.media_host) and not params.media_allow.strip():
+            raise ConfigError(
+                f"refusing to listen for RTP and AudioSocket on {params.media_host} without "
+                "--media-allow: they cannot authenticate, so anyone who reaches them could "
+                "start calls; list the sources allowed to send (e.g. --media-allow "
+                "10.0.0.0/8) or use 127.0.0.1"
+            )
+        return params.media_host
+    if params.media_allow.strip() or is_loopback(params.host):
+        return params.host
+    return "::1" if ":" in params.host else "127.0.0.1"
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -120,6 +148,7 @@ class Addresses:
     scheme: str
     sip_port: int | None = None  # SIP over UDP and TCP (issue 7)
     sip_host: str = ""  # where SIP listens, when not on ``host``
+    media_host: str = ""  # where RTP and AudioSocket listen, when not on ``host``
 
     def urls(self) -> dict[str, str]:
         ws = "wss" if self.scheme == "https" else "ws"
@@ -134,10 +163,11 @@ class Addresses:
             "metrics": f"{self.scheme}://{base}/metrics",
             "agent_assist": f"{self.scheme}://{base}/",
         }
+        media = self.media_host or self.host
         if self.rtp_port is not None:
-            out["rtp"] = f"udp://{self.host}:{self.rtp_port}"
+            out["rtp"] = f"udp://{media}:{self.rtp_port}"
         if self.audiosocket_port is not None:
-            out["audiosocket"] = f"tcp://{self.host}:{self.audiosocket_port}"
+            out["audiosocket"] = f"tcp://{media}:{self.audiosocket_port}"
         if self.sip_port is not None:
             out["sip"] = f"sip:engine@{self.sip_host or self.host}:{self.sip_port}"
         return out
@@ -167,7 +197,14 @@ class _RtpReader:
     steps too. It says so once, with the sysctl that lifts the cap.
     """
 
-    def __init__(self, core: RtpIngest, service: EngineService, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        core: RtpIngest,
+        service: EngineService,
+        sock: socket.socket,
+        errors_log: RateLimitedLog | None = None,
+    ) -> None:
+        self.errors_log = errors_log or RateLimitedLog(log)
         self.core = core
         self.service = service
         self.sock = sock
@@ -214,7 +251,7 @@ class _RtpReader:
         for _ in range(RTP_TICK_READ_MAX_ROUNDS):
             sizes, addrs, error = read_into_rows(self.sock, self._datagrams)
             if error is not None:  # e.g. an ICMP error queued on the socket
-                log.warning("rtp socket error: %s", error)
+                self.errors_log.log("rtp_socket", f"rtp socket error: {error}", time.monotonic())
             if sizes:
                 try:
                     outputs += self.core.receive_batch(
@@ -226,6 +263,16 @@ class _RtpReader:
             if len(sizes) < self._datagrams.shape[0]:  # the queue is empty (or erred)
                 break
         return outputs
+
+    def read_now(self) -> list[IngestOutput]:
+        """Read everything queued now, whichever way this reader reads (before RTP
+        legs are checked for silence)."""
+        if self.reads_at_ticks:
+            return self.read_for_tick()
+        for _ in range(RTP_TICK_READ_MAX_ROUNDS):
+            if self._closed or self._drain() < RTP_DRAIN_MAX:
+                break
+        return []
 
     # -- per wake-up ------------------------------------------------------------------
 
@@ -265,7 +312,7 @@ class _RtpReader:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ICMP errors queued on the socket
-                log.warning("rtp socket error: %s", exc)
+                self.errors_log.log("rtp_socket", f"rtp socket error: {exc}", time.monotonic())
                 break
             n += 1
             try:
@@ -278,17 +325,128 @@ class _RtpReader:
         return n
 
 
+def _open_descriptors() -> int | None:
+    """File descriptors this process has open (None where /proc is missing)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
+    except OSError:
+        return None
+
+
+class _AudioSocketGuard:
+    """Admission for AudioSocket connections, which cannot authenticate: the source
+    must be in ``media_allow``, have fewer than ``audiosocket_max_per_source`` open,
+    and accepting must leave ``fd_reserve`` descriptors free for the HTTP/websocket
+    listener. Refused connections are closed at once and counted by reason."""
+
+    def __init__(self, params: ServeParams, allow: SourceAllowList, media_log: RateLimitedLog):
+        self.allow = allow
+        self.max_per_source = params.audiosocket_max_per_source
+        self.idle_timeout_s = params.audiosocket_idle_timeout_s
+        self.reserve = params.fd_reserve
+        self.log = media_log
+        self.open_per_source: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self.idle_closed = 0
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.fd_limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
+        self._fds = _open_descriptors()
+        self._fds_baseline = self._fds if self._fds is not None else 64
+        self._fds_checked = -1.0
+        self.n_open = 0
+
+    def admit(self, host: str, now: float) -> bool:
+        reason = None
+        if not self.allow.allowed(host):
+            reason, why = "source_not_allowed", "source not in media_allow"
+        elif self.open_per_source.get(host, 0) >= self.max_per_source:
+            reason = "per_source_limit"
+            why = f"{self.max_per_source} connections from {host} already open"
+        elif self._descriptors_left(now) < self.reserve:
+            reason = "descriptor_reserve"
+            why = (
+                f"fewer than {self.reserve} file descriptors left of {self.fd_limit} "
+                "(kept for HTTP/websockets)"
+            )
+        if reason is None:
+            self.open_per_source[host] = self.open_per_source.get(host, 0) + 1
+            self.n_open += 1
+            return True
+        key = f"audiosocket_{reason}"
+        self.refused[key] = self.refused.get(key, 0) + 1
+        self.log.log(key, f"audiosocket: connection from {host} refused: {why}", now)
+        return False
+
+    def release(self, host: str) -> None:
+        left = self.open_per_source.get(host, 0) - 1
+        if left > 0:
+            self.open_per_source[host] = left
+        else:
+            self.open_per_source.pop(host, None)
+        self.n_open -= 1
+
+    def _descriptors_left(self, now: float) -> int:
+        # Counting /proc/self/fd costs ~0.1 ms per 1,000 descriptors: at most every
+        # 50 ms, and one more for each connection accepted in between.
+        if self._fds is None:
+            return self.fd_limit - self._fds_baseline - self.n_open
+        if now - self._fds_checked >= 0.05:
+            self._fds = _open_descriptors() or self._fds
+            self._fds_checked = now
+        else:
+            self._fds += 1
+        return self.fd_limit - self._fds
+
+
 class _AudioSocketProtocol(asyncio.Protocol):
-    def __init__(self, service: EngineService, party: str) -> None:
+    """One AudioSocket connection: admission (:class:`_AudioSocketGuard`), the core,
+    and an idle timeout (a peer silent for ``audiosocket_idle_timeout_s``, e.g. a
+    half-open connection, ends its leg with reason ``timeout`` and is closed)."""
+
+    def __init__(self, service: EngineService, party: str, guard: _AudioSocketGuard) -> None:
         self.service = service
+        self.guard = guard
         self.core = AudioSocketSession(party=party)
         self.transport: asyncio.Transport | None = None
+        self._host: str | None = None  # set once admitted
+        self._loop = asyncio.get_running_loop()
+        self._last_data = self._loop.time()
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if peer else ""
+        if not self.guard.admit(host, self._loop.time()):
+            transport.abort()
+            return
         self.transport = transport
+        self._host = host
+        self._idle = self._loop.call_later(self.guard.idle_timeout_s, self._check_idle)
+
+    def _check_idle(self) -> None:
+        # Measured from the last data handled, not from when this timer was set: after
+        # a stall, data that waited in the socket is handled before timers run.
+        silent = self._loop.time() - self._last_data
+        if silent < self.guard.idle_timeout_s:
+            self._idle = self._loop.call_later(self.guard.idle_timeout_s - silent, self._check_idle)
+            return
+        self._idle = None
+        self.guard.idle_closed += 1
+        self.guard.log.log(
+            "audiosocket_idle",
+            f"audiosocket: connection from {self._host} sent nothing for "
+            f"{self.guard.idle_timeout_s:g} s: closed",
+            self._loop.time(),
+        )
+        self.service.submit(self.core.timed_out(), source="audiosocket")
+        if self.transport is not None:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._host is None:
+            return  # refused: closing
+        self._last_data = self._loop.time()
         try:
             outputs = self.core.receive_data(data)
         except Exception:
@@ -300,6 +458,13 @@ class _AudioSocketProtocol(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._host is None:
+            return  # refused at once: no leg, nothing counted as open
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self.guard.release(self._host)
+        self._host = None
         self.service.submit(self.core.connection_lost(), source="audiosocket")
 
 
@@ -316,9 +481,33 @@ class EngineServer:
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         self.params = params
         self.service = service
+        # --- media listeners that cannot authenticate (RTP port, AudioSocket) ---
+        self.media_allow = SourceAllowList(
+            parse_networks(params.media_allow, setting="media_allow")
+        )
+        self.media_host = media_host(params)
+        for name in ("audiosocket_idle_timeout_s", "rtp_new_legs_per_s"):
+            if getattr(params, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(params, name)}")
+        for name in ("audiosocket_max_per_source", "rtp_new_legs_burst"):
+            if getattr(params, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(params, name)}")
+        if params.fd_reserve < 0 or params.rtp_probation_s < 0:
+            raise ConfigError("fd_reserve and rtp_probation_s must be >= 0")
+        self.media_log = RateLimitedLog(log, interval_s=MEDIA_LOG_INTERVAL_S)
+        self.accept_errors = 0
+        self._as_guard: _AudioSocketGuard | None = None
+        # --- end media listeners ---
         # Audio is held per leg and handed to the engine once per tick (take_audio).
         self.rtp = RtpIngest(
-            leg_timeout_s=params.rtp_leg_timeout_s, party=params.rtp_party, coalesce_audio=True
+            leg_timeout_s=params.rtp_leg_timeout_s,
+            party=params.rtp_party,
+            coalesce_audio=True,
+            allow=self.media_allow,
+            new_legs=SourceRateLimit(
+                rate_per_s=params.rtp_new_legs_per_s, burst=params.rtp_new_legs_burst
+            ),
+            probation_s=params.rtp_probation_s,
         )
         self.service.add_source(self._take_rtp, source="rtp")
         self._ws: WsServer | None = None
@@ -354,6 +543,38 @@ class EngineServer:
             self._rtp_lost,
         )
 
+        service.metrics.labelled_counter_fn(
+            "emotion_engine_media_dropped_total",
+            "RTP datagrams and AudioSocket connections refused by the media guards "
+            "(media_allow, new RTP legs per source, probation, max legs, AudioSocket "
+            "connections per source, the descriptor reserve), by reason.",
+            "reason",
+            self._media_dropped,
+        )
+        service.metrics.counter_fn(
+            "emotion_engine_rtp_legs_unproven_total",
+            "New RTP legs forgotten on probation: too little audio in step (sequence "
+            "numbers and timestamps) before they fell silent.",
+            lambda: float(self.rtp.legs_unproven),
+        )
+        service.metrics.counter_fn(
+            "emotion_engine_audiosocket_idle_closed_total",
+            "AudioSocket connections closed after audiosocket_idle_timeout_s without data.",
+            lambda: float(self._as_guard.idle_closed if self._as_guard else 0),
+        )
+        service.metrics.counter_fn(
+            "emotion_engine_accept_errors_total",
+            "Connections the kernel could not hand over (e.g. out of file descriptors); "
+            "the listener pauses for a second each time.",
+            lambda: float(self.accept_errors),
+        )
+
+    def _media_dropped(self) -> dict[str, int]:
+        out = {f"rtp_{k}": v for k, v in self.rtp.dropped.items()}
+        if self._as_guard is not None:
+            out.update(self._as_guard.refused)
+        return out
+
     def _rtp_lost(self) -> float:
         return float(self.rtp.packets_lost_total())
 
@@ -386,31 +607,42 @@ class EngineServer:
             raise _bind_error("HTTP/websocket", p.host, p.port, "--port", exc) from exc
         self.service.start()
         self.routing.start()
+        if loop.get_exception_handler() is None:
+            loop.set_exception_handler(self._loop_exception)
         port = self._ws.sockets[0].getsockname()[1]
+        mhost = self.media_host
         rtp_port = None
         if p.rtp_port >= 0:
             try:
-                sock = _rtp_socket(p.host, p.rtp_port)
+                sock = _rtp_socket(mhost, p.rtp_port)
             except OSError as exc:
                 await self.stop()
-                raise _bind_error("RTP (UDP)", p.host, p.rtp_port, "--rtp-port", exc) from exc
-            self._udp = _RtpReader(self.rtp, self.service, sock)
+                raise _bind_error("RTP (UDP)", mhost, p.rtp_port, "--rtp-port", exc) from exc
+            self._udp = _RtpReader(self.rtp, self.service, sock, self.media_log)
             rtp_port = sock.getsockname()[1]
-            self._poller = loop.create_task(self._poll_rtp(), name="rtp-timeouts")
+        self._poller = loop.create_task(self._poll(), name="rtp-timeouts")
         as_port = None
         if p.audiosocket_port >= 0:
+            guard = self._as_guard = _AudioSocketGuard(p, self.media_allow, self.media_log)
             try:
                 self._tcp = await loop.create_server(
-                    lambda: _AudioSocketProtocol(self.service, "customer"),
-                    p.host,
+                    lambda: _AudioSocketProtocol(self.service, "customer", guard),
+                    mhost,
                     p.audiosocket_port,
                 )
             except OSError as exc:
                 await self.stop()
                 raise _bind_error(
-                    "AudioSocket (TCP)", p.host, p.audiosocket_port, "--audiosocket-port", exc
+                    "AudioSocket (TCP)", mhost, p.audiosocket_port, "--audiosocket-port", exc
                 ) from exc
             as_port = self._tcp.sockets[0].getsockname()[1]
+        if (rtp_port or as_port) and mhost != p.host and not p.media_host:
+            log.warning(
+                "RTP and AudioSocket listen on %s only: they cannot authenticate their "
+                "peers; list the sources allowed to send with --media-allow to listen on %s",
+                mhost,
+                p.host,
+            )
         # --- SIP (issue 7) ---
         sip_port = None
         if self.sip is not None:
@@ -430,6 +662,7 @@ class EngineServer:
             scheme="https" if ssl_ctx else "http",
             sip_port=sip_port,
             sip_host=self.sip.host if self.sip is not None else "",
+            media_host=mhost if mhost != p.host else "",
         )
         if not p.token:
             log.warning(
@@ -465,11 +698,35 @@ class EngineServer:
         outputs += self.rtp.take_audio()
         return outputs
 
-    async def _poll_rtp(self) -> None:
+    async def _poll(self) -> None:
+        """Every ``RTP_POLL_S``: RTP legs silent for their timeout end, and the
+        rate-limited logs say what they left out."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(RTP_POLL_S)
-            self.service.submit(self.rtp.poll(loop.time()), source="rtp")
+            if self._udp is not None:
+                # Silence is judged on the stream's own clock: first read what waits in
+                # the socket (after an engine stall or a stopped process, seconds of
+                # packets), so only a peer that really sent nothing times out.
+                self.service.submit(self._udp.read_now(), source="rtp")
+                self.service.submit(self.rtp.poll(loop.time()), source="rtp")
+            now = time.monotonic()
+            self.media_log.flush(now)
+            self.service.violations_log.flush(now)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio reports a failed accept (e.g. EMFILE: out of descriptors) once per
+        listener and second, with a traceback; one line per interval is enough."""
+        if "out of system resource" in str(context.get("message", "")):
+            self.accept_errors += 1
+            self.media_log.log(
+                "accept",
+                f"cannot accept connections: {context.get('exception')} (the listener "
+                "pauses 1 s and retries)",
+                time.monotonic(),
+            )
+            return
+        loop.default_exception_handler(context)
 
     # -- HTTP and auth --------------------------------------------------------------
 

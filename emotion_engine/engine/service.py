@@ -34,6 +34,7 @@ from emotion_engine.engine.pipeline import Engine
 from emotion_engine.errors import EngineError
 from emotion_engine.frames import AudioChunk
 from emotion_engine.ingest.base import Dtmf, IngestOutput, LegEnded, LegStarted, ProtocolViolation
+from emotion_engine.ingest.guard import RateLimitedLog
 from emotion_engine.publish.events import Event
 from emotion_engine.publish.hub import EventHub
 from emotion_engine.publish.metrics import Metrics
@@ -41,6 +42,7 @@ from emotion_engine.publish.metrics import Metrics
 log = logging.getLogger(__name__)
 
 DEFAULT_TICK_S = 0.1
+VIOLATION_LOG_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,8 @@ class EngineService:
         )
         # --- end party filter and event processors ---
         self._warned: set[tuple[str, str]] = set()
+        # A flood of bad packets logs one line per cause per interval, with a count.
+        self.violations_log = RateLimitedLog(log, interval_s=VIOLATION_LOG_INTERVAL_S)
         self.active_legs = 0
         self.metrics.gauge(
             "emotion_engine_legs_active",
@@ -133,7 +137,11 @@ class EngineService:
                 self._commands.append(_Close(out))
             elif isinstance(out, ProtocolViolation):
                 self.metrics.protocol_error(source)
-                log.warning("%s: %s", source, out.message)
+                self.violations_log.log(
+                    f"{source}/{out.cause or out.message}",
+                    f"{source}: {out.message}",
+                    time.monotonic(),
+                )
             elif isinstance(out, Dtmf):
                 log.info(
                     "%s: DTMF %s on %s/%s at %.2f s",

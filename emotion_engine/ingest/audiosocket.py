@@ -188,6 +188,11 @@ class AudioSocketSession:
         out.extend(self._finish("disconnect"))
         return out
 
+    def timed_out(self) -> list[IngestOutput]:
+        """The peer sent nothing for too long: end the leg (reason ``"timeout"``) and
+        close (the adapter decides when; the core keeps no clock)."""
+        return [] if self._closed else self._finish("timeout")
+
     def _message(self, kind: int, payload: bytes) -> list[IngestOutput]:
         if kind in KIND_RATES:
             return self._audio(kind, payload)

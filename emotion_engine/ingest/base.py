@@ -55,10 +55,14 @@ class Reply:
 @dataclass(frozen=True, slots=True)
 class ProtocolViolation:
     """A malformed or unexpected input. ``fatal`` ones end the session (a ``Close``
-    follows); others are logged and the input is dropped."""
+    follows); others are logged and the input is dropped. ``cause``: a short fixed
+    name for the kind of problem (e.g. ``"rtp_parse"``): the log says one line per
+    cause and source per interval, with a count; empty: the message itself is the
+    cause (only identical messages are folded together)."""
 
     message: str
     fatal: bool = False
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)

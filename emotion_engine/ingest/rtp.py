@@ -25,7 +25,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import numpy as np
@@ -41,6 +41,7 @@ from emotion_engine.ingest.base import (
     LegStarted,
     ProtocolViolation,
 )
+from emotion_engine.ingest.guard import SourceAllowList, SourceRateLimit
 from emotion_engine.ingest.jitter import SEQ_MODULUS, TS_MODULUS, JitterBuffer, JitterStats
 
 __all__ = [
@@ -241,6 +242,13 @@ class _Leg:
     # coalesce_audio: released audio not yet handed out, and its first timestamp
     held: list[NDArray[np.int16]] = field(default_factory=list)
     held_ts: int = 0
+    # probation (RtpIngest.probation_s): a leg is announced only once its packets have
+    # advanced in step (sequence and timestamp) over this many samples; until then its
+    # outputs wait in ``pending`` (with coalesce_audio, its audio waits in ``held``)
+    proven_samples: int = 0
+    probation_packets: int = 0
+    prev: tuple[int, int, int] | None = None  # last audio packet: seq, timestamp, samples
+    pending: list[IngestOutput] = field(default_factory=list)
 
 
 LegKey = tuple[tuple[str, int], int | None]
@@ -263,6 +271,29 @@ class RtpIngest:
     always comes out before its ``LegEnded`` (timeout, hang-up, rename, close), so
     nothing is lost or reordered. At 500 legs that is 25,000 chunks a second fewer to
     build, queue and push one by one.
+
+    For a port anyone can reach (the server's plain RTP port; SIP calls are vouched
+    for by their signalling and do not need this):
+
+    - ``allow``: source networks allowed to start legs (empty: any); datagrams from
+      other sources are dropped and counted (``dropped["source_not_allowed"]``);
+    - ``new_legs``: a token bucket per source host for new legs (SSRCs); a datagram
+      that would start one more is dropped and counted (``"new_leg_rate"``), so one
+      source spraying SSRCs cannot fill the table;
+    - ``probation_s``: a new leg is announced (``LegStarted``) only after its packets
+      have advanced in step over this much audio (consecutive sequence numbers, or a
+      few lost, with the timestamp moving by the samples each packet carried); until
+      then nothing of it comes out, and at most ``max_probation_legs`` such legs exist
+      apart from the ``max_legs`` announced ones. Its audio is kept and comes out after
+      ``LegStarted``, from the first packet (``t`` = 0 there), so nothing is lost. A
+      leg on probation silent for ``probation_silence_s``, or not proven after
+      ``probation_max_packets`` packets, is forgotten without a trace
+      (``legs_unproven``). A flood of spoofed SSRCs thus announces no calls.
+
+    Every datagram dropped by a guard (or by ``max_legs``) is counted in
+    :attr:`dropped` (reason -> datagrams) and reported as a ``ProtocolViolation``
+    whose ``cause`` is ``rtp_<reason>`` (the server logs one line per cause and
+    interval).
     """
 
     def __init__(
@@ -274,6 +305,11 @@ class RtpIngest:
         dtmf_payload_type: int | None = 101,
         max_legs: int = 1000,
         coalesce_audio: bool = False,
+        allow: SourceAllowList | None = None,
+        new_legs: SourceRateLimit | None = None,
+        probation_s: float = 0.0,
+        max_probation_legs: int = 256,
+        probation_silence_s: float = 1.0,
     ) -> None:
         if leg_timeout_s <= 0:
             raise ConfigError(f"leg_timeout_s must be > 0, got {leg_timeout_s}")
@@ -285,6 +321,18 @@ class RtpIngest:
         self.dtmf_payload_type = dtmf_payload_type
         self.max_legs = max_legs
         self.coalesce_audio = coalesce_audio
+        if probation_s < 0:
+            raise ConfigError(f"probation_s must be >= 0, got {probation_s}")
+        self.allow = allow or SourceAllowList()
+        self.new_legs = new_legs
+        self.probation_samples = round(probation_s * CLOCK_RATE)
+        self.max_probation_legs = max_probation_legs
+        self.probation_silence_s = min(probation_silence_s, leg_timeout_s)
+        # 10 ms packets would prove it in probation_s; four times that is plenty
+        self.probation_max_packets = max(50, 4 * self.probation_samples // 80)
+        self.dropped: dict[str, int] = {}
+        self.legs_unproven = 0
+        self._probation: dict[tuple[tuple[str, int], int], _Leg] = {}
         self.rtcp_ignored = 0
         self._lost_in_ended_legs = 0
         self._legs: dict[tuple[tuple[str, int], int], _Leg] = {}
@@ -413,11 +461,19 @@ class RtpIngest:
         return out
 
     def poll(self, now: float) -> list[IngestOutput]:
-        """End legs silent for ``leg_timeout_s``: their buffered audio, then ``LegEnded``."""
+        """End legs silent for ``leg_timeout_s``: their buffered audio, then ``LegEnded``;
+        forget legs on probation silent for ``probation_silence_s``.
+
+        ``now`` must be no later than the last time everything the socket held was
+        read: silence is then the peer's, not time this process lost (an engine stall,
+        a stopped process) while its packets waited unread in the kernel."""
         out: list[IngestOutput] = []
         for key, leg in list(self._legs.items()):
             if now - leg.last_seen >= self.leg_timeout_s:
                 out.extend(self._end(key, "timeout"))
+        for key, leg in list(self._probation.items()):
+            if now - leg.last_seen >= self.probation_silence_s:
+                self._forget(key)
         return out
 
     def name_leg(
@@ -435,6 +491,9 @@ class RtpIngest:
         peer = _peer(addr)
         self._names[(peer, ssrc)] = (call_id, party)
         out: list[IngestOutput] = []
+        for (leg_peer, leg_ssrc), leg in self._probation.items():
+            if leg_peer == peer and (ssrc is None or leg_ssrc == ssrc):
+                leg.call_id, leg.party = call_id, party  # not announced yet: nothing to end
         for (leg_peer, leg_ssrc), leg in self._legs.items():
             if leg_peer != peer or (ssrc is not None and leg_ssrc != ssrc):
                 continue
@@ -449,6 +508,8 @@ class RtpIngest:
     def end_leg(self, addr: Address, ssrc: int, reason: str = "hangup") -> list[IngestOutput]:
         """End one leg now (e.g. on SIP BYE): buffered audio, then ``LegEnded``."""
         key = (_peer(addr), ssrc)
+        if key in self._probation:
+            self._forget(key)
         return self._end(key, reason) if key in self._legs else []
 
     def close(self, reason: str = "shutdown") -> list[IngestOutput]:
@@ -456,6 +517,7 @@ class RtpIngest:
         out: list[IngestOutput] = []
         for key in list(self._legs):
             out.extend(self._end(key, reason))
+        self._probation.clear()
         return out
 
     def take_audio(self) -> list[IngestOutput]:
@@ -472,8 +534,13 @@ class RtpIngest:
 
     @property
     def n_legs(self) -> int:
-        """Legs currently open."""
+        """Legs currently open (announced)."""
         return len(self._legs)
+
+    @property
+    def n_probation(self) -> int:
+        """Legs on probation: packets seen, not announced yet."""
+        return len(self._probation)
 
     def leg_stats(self, call_id: str) -> JitterStats | None:
         """Jitter-buffer counters of an open or recently ended leg (None if unknown)."""
@@ -521,25 +588,25 @@ class RtpIngest:
         try:
             packet = RtpPacket.parse(data)
         except ProtocolError as exc:
-            out.append(ProtocolViolation(f"from {_remote(addr)}: {exc}"))
+            out.append(ProtocolViolation(f"from {_remote(addr)}: {exc}", cause="rtp_parse"))
             return
         peer = _peer(addr)
-        leg = self._legs.get((peer, packet.ssrc))
+        key = (peer, packet.ssrc)
+        leg = self._legs.get(key)
         is_audio = packet.payload_type in PAYLOAD_CODECS
+        announced = out
         if leg is None:
-            if not is_audio:
-                out.append(self._unsupported(packet, addr))
-                return
-            if len(self._legs) >= self.max_legs:
-                out.append(
-                    ProtocolViolation(
-                        f"from {_remote(addr)}: ssrc 0x{packet.ssrc:08x} dropped, "
-                        f"{self.max_legs} legs already open"
-                    )
-                )
-                return
-            leg = self._start_leg(peer, packet, now)
-            out.append(self._leg_started(leg))
+            leg = self._probation.get(key)
+            if leg is None:
+                if not is_audio:
+                    out.append(self._unsupported(packet, addr))
+                    return
+                leg = self._new_leg(peer, packet, now, out)
+                if leg is None:
+                    return
+            if key in self._probation:
+                out = leg.pending  # nothing of it comes out before it is proven
+                self._prove(leg, packet, is_audio)
         leg.last_seen = now
 
         if is_audio:
@@ -552,6 +619,87 @@ class RtpIngest:
             elif packet.payload_type != PT_CN:
                 out.append(self._unsupported(packet, addr))
         self._chunks(leg, leg.jitter.push(packet.sequence, packet.timestamp, pcm), out)
+        if out is not announced and leg.proven_samples >= self.probation_samples:
+            self._announce(key, leg, announced)
+        elif out is not announced and leg.probation_packets >= self.probation_max_packets:
+            self._forget(key)
+
+    def _drop(
+        self, reason: str, addr: Address, ssrc: int, why: str, out: list[IngestOutput]
+    ) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        out.append(
+            ProtocolViolation(
+                f"from {_remote(addr)}: ssrc 0x{ssrc:08x} dropped, {why}", cause=f"rtp_{reason}"
+            )
+        )
+
+    def _new_leg(
+        self, peer: tuple[str, int], packet: RtpPacket, now: float, out: list[IngestOutput]
+    ) -> _Leg | None:
+        """A leg for a new (source, SSRC), announced at once or on probation; None
+        (and the datagram counted as dropped) when a guard refuses it."""
+        ssrc = packet.ssrc
+        if not self.allow.allowed(peer[0]):
+            self._drop("source_not_allowed", peer, ssrc, "source not in the allow-list", out)
+            return None
+        if self.probation_samples and len(self._probation) >= self.max_probation_legs:
+            why = f"{self.max_probation_legs} new legs already on probation"
+            self._drop("probation_full", peer, ssrc, why, out)
+            return None
+        if len(self._legs) >= self.max_legs:
+            self._drop("max_legs", peer, ssrc, f"{self.max_legs} legs already open", out)
+            return None
+        if self.new_legs is not None and not self.new_legs.take(peer[0], now):
+            why = f"more new legs than {self.new_legs.rate_per_s:g}/s from {peer[0]}"
+            self._drop("new_leg_rate", peer, ssrc, why, out)
+            return None
+        leg = self._start_leg(peer, packet, now)
+        if self.probation_samples:
+            del self._legs[(peer, packet.ssrc)]
+            self._probation[(peer, packet.ssrc)] = leg
+        else:
+            out.append(self._leg_started(leg))
+        return leg
+
+    def _prove(self, leg: _Leg, packet: RtpPacket, is_audio: bool) -> None:
+        """Credit a leg on probation with the audio of a packet that follows the last
+        one in step: 1-4 sequence numbers on (a few lost), the timestamp moved by the
+        samples those packets carried."""
+        leg.probation_packets += 1
+        if not is_audio:
+            return
+        samples = len(packet.payload)  # G.711: one byte a sample
+        prev = leg.prev
+        if prev is not None:
+            dseq = (packet.sequence - prev[0]) % SEQ_MODULUS
+            if not 1 <= dseq <= 0x7FFF:
+                return  # older than the last one (reordered or repeated): no credit
+            if dseq <= 4 and (packet.timestamp - prev[1]) % TS_MODULUS == dseq * prev[2] > 0:
+                leg.proven_samples += dseq * prev[2]
+        leg.prev = (packet.sequence, packet.timestamp, samples)
+
+    def _announce(
+        self, key: tuple[tuple[str, int], int], leg: _Leg, out: list[IngestOutput]
+    ) -> None:
+        """A leg on probation proved itself: ``LegStarted``, then what it held back."""
+        del self._probation[key]
+        if len(self._legs) >= self.max_legs:
+            self._drop("max_legs", key[0], key[1], f"{self.max_legs} legs already open", out)
+            return
+        self._legs[key] = leg
+        out.append(self._leg_started(leg))
+        for item in leg.pending:  # it may have been named meanwhile
+            if isinstance(item, AudioChunk | Dtmf):
+                item = replace(item, call_id=leg.call_id, party=leg.party)
+            out.append(item)
+        leg.pending = []
+
+    def _forget(self, key: tuple[tuple[str, int], int]) -> None:
+        """Drop a leg on probation without a trace (it never was announced)."""
+        leg = self._probation.pop(key)
+        self._lost_in_ended_legs += leg.jitter.stats.lost
+        self.legs_unproven += 1
 
     def _start_leg(self, peer: tuple[str, int], packet: RtpPacket, now: float) -> _Leg:
         host, port = peer
@@ -614,7 +762,11 @@ class RtpIngest:
     def _telephone_event(self, leg: _Leg, packet: RtpPacket) -> list[IngestOutput]:
         payload = packet.payload
         if len(payload) < 4:
-            return [ProtocolViolation(f"telephone-event payload {len(payload)} bytes < 4")]
+            return [
+                ProtocolViolation(
+                    f"telephone-event payload {len(payload)} bytes < 4", cause="rtp_dtmf"
+                )
+            ]
         event = payload[0]
         if event >= len(_DTMF_DIGITS):
             return []  # other RFC 4733 events (tones, flash) carry no digit
@@ -633,7 +785,8 @@ class RtpIngest:
     def _unsupported(self, packet: RtpPacket, addr: Address) -> ProtocolViolation:
         return ProtocolViolation(
             f"unsupported payload type {packet.payload_type} from {_remote(addr)} "
-            f"ssrc 0x{packet.ssrc:08x}"
+            f"ssrc 0x{packet.ssrc:08x}",
+            cause=f"rtp_payload_type_{packet.payload_type}",
         )
 
     def _end(self, key: tuple[tuple[str, int], int], reason: str) -> list[IngestOutput]:

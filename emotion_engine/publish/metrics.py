@@ -70,6 +70,7 @@ class Metrics:
         self.processing_seconds = Histogram()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters_fn: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.labelled_fns: dict[str, tuple[str, str, Callable[[], dict[str, int]]]] = {}
 
     def protocol_error(self, protocol: str) -> None:
         self.protocol_errors_total[protocol] = self.protocol_errors_total.get(protocol, 0) + 1
@@ -82,6 +83,12 @@ class Metrics:
 
     def counter_fn(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.counters_fn[name] = (help_text, read)
+
+    def labelled_counter_fn(
+        self, name: str, help_text: str, label: str, read: Callable[[], dict[str, int]]
+    ) -> None:
+        """A counter with one label, read at render time (``{label value: count}``)."""
+        self.labelled_fns[name] = (help_text, label, read)
 
     def render(self) -> str:
         lines: list[str] = []
@@ -132,6 +139,8 @@ class Metrics:
         )
         for name, (help_text, read) in sorted(self.counters_fn.items()):
             counter(name, help_text, read())
+        for name, (help_text, label, read_all) in sorted(self.labelled_fns.items()):
+            labelled(name, help_text, label, read_all())
         labelled(
             "emotion_engine_protocol_errors_total",
             "Malformed or unexpected ingest input, by protocol.",
