@@ -136,3 +136,111 @@ def telephony_augment(
 def telephone_channel(*, samples: NDArray[np.float32]) -> NDArray[np.float32]:
     """The evaluation condition: a plain G.711 mu-law round trip. ``samples``: (n,)."""
     return g711_roundtrip(samples=samples, law="ulaw")
+
+
+SPEAKER_PERTURBATIONS: tuple[str, ...] = ("speed", "pitch", "vtlp")
+"""Speaker/language perturbations applied before :func:`telephony_augment`:
+
+- ``speed``: resampling by a factor in 0.9..1.1 (Kaldi-style speed perturbation: tempo,
+  F0 and formants move together, as between a smaller and a larger speaker);
+- ``pitch``: F0 and spectrum shifted by 1-3 semitones up or down, tempo kept
+  (``librosa.effects.pitch_shift``, phase vocoder + resampling);
+- ``vtlp``: vocal-tract-length perturbation: each STFT frame's spectral envelope
+  (cepstrally smoothed log magnitude) warped in frequency by a factor in 0.9..1.1,
+  the harmonic fine structure (F0) and the tempo kept.
+"""
+
+
+def speed_perturb(*, samples: NDArray[np.float32], factor: float) -> NDArray[np.float32]:
+    """Play (n,) float32 audio ``factor`` times faster (and higher): resampling by
+    1/``factor`` read at the original rate. Returns (~n / factor,) float32."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    if not 0.5 <= factor <= 2.0:
+        raise ConfigError(f"speed factor must be in 0.5..2, got {factor}")
+    ratio = Fraction(factor).limit_denominator(100)
+    out = np.asarray(resample_poly(samples.astype(np.float64), ratio.denominator, ratio.numerator))
+    result: NDArray[np.float32] = np.clip(out, -1.0, 1.0).astype(np.float32)
+    return result
+
+
+def pitch_shift(
+    *, samples: NDArray[np.float32], semitones: float, sample_rate_hz: int = MODEL_SAMPLE_RATE_HZ
+) -> NDArray[np.float32]:
+    """Shift (n,) float32 audio by ``semitones`` keeping its duration. Returns (n,)."""
+    import librosa
+
+    out = np.asarray(
+        librosa.effects.pitch_shift(
+            samples.astype(np.float32),
+            sr=sample_rate_hz,
+            n_steps=semitones,
+            n_fft=256,
+            hop_length=64,
+        )
+    )
+    result: NDArray[np.float32] = np.clip(out[: samples.size], -1.0, 1.0).astype(np.float32)
+    return result
+
+
+def vtlp(
+    *,
+    samples: NDArray[np.float32],
+    alpha: float,
+    n_fft: int = 256,
+    hop: int = 64,
+    lifter: int = 24,
+    boundary: float = 0.8,
+) -> NDArray[np.float32]:
+    """Warp the spectral envelope of (n,) float32 audio by ``alpha`` (formants move by
+    ``alpha``, F0 and tempo stay). Piecewise-linear warp (Jaitly & Hinton 2013): ``f ->
+    alpha f`` up to ``boundary`` of Nyquist, then linear to Nyquist. The envelope is the
+    log magnitude liftered to ``lifter`` cepstral coefficients; each frame's spectrum is
+    multiplied by warped / original envelope, phases kept. Returns (n,) float32."""
+    from scipy.signal import istft, stft
+
+    if not 0.7 <= alpha <= 1.3:
+        raise ConfigError(f"vtlp alpha must be in 0.7..1.3, got {alpha}")
+    x = samples.astype(np.float64)
+    if x.size < n_fft:
+        return samples.astype(np.float32, copy=True)
+    _, _, spec = stft(x, nperseg=n_fft, noverlap=n_fft - hop, boundary="even")
+    n_bins = spec.shape[0]
+    log_mag = np.log(np.abs(spec) + 1e-8)  # (n_bins, n_frames)
+    cep = np.fft.irfft(log_mag, n=n_fft, axis=0)
+    cep[lifter : n_fft - lifter + 1] = 0.0
+    env = np.fft.rfft(cep, axis=0).real  # smoothed log magnitude
+    f = np.arange(n_bins, dtype=np.float64)
+    nyq = float(n_bins - 1)
+    edge = boundary * nyq * min(alpha, 1.0) / alpha
+    # new bin f takes the envelope from source bin g(f) (inverse of the warp)
+    warped_at = np.where(
+        f <= alpha * edge,
+        f / alpha,
+        edge + (f - alpha * edge) * (nyq - edge) / max(nyq - alpha * edge, 1e-9),
+    )
+    lo = np.clip(np.floor(warped_at).astype(np.int64), 0, n_bins - 1)
+    hi = np.clip(lo + 1, 0, n_bins - 1)
+    frac = (warped_at - lo)[:, None]
+    env_w = env[lo] * (1.0 - frac) + env[hi] * frac
+    _, out = istft(spec * np.exp(env_w - env), nperseg=n_fft, noverlap=n_fft - hop)
+    result = np.zeros(samples.size, dtype=np.float64)
+    m = min(out.size, samples.size)
+    result[:m] = out[:m]
+    return np.clip(result, -1.0, 1.0).astype(np.float32)
+
+
+def speaker_perturb(
+    *, samples: NDArray[np.float32], kind: str, rng: np.random.Generator
+) -> NDArray[np.float32]:
+    """One random perturbation of kind ``kind`` (``SPEAKER_PERTURBATIONS``) of (n,) audio."""
+    if kind == "speed":
+        return speed_perturb(samples=samples, factor=float(rng.choice([0.9, 0.95, 1.05, 1.1])))
+    if kind == "pitch":
+        steps = float(rng.uniform(1.0, 3.0)) * (1.0 if rng.random() < 0.5 else -1.0)
+        return pitch_shift(samples=samples, semitones=steps)
+    if kind == "vtlp":
+        return vtlp(samples=samples, alpha=float(rng.uniform(0.9, 1.1)))
+    raise ConfigError(f"unknown perturbation {kind!r} (one of {SPEAKER_PERTURBATIONS})")

@@ -16,15 +16,24 @@ import logging
 import os
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from emotion_engine.config import (
+    DEFAULT_FEATURE_PARAMS,
+    DEFAULT_WINDOW_PARAMS,
+    FeatureParams,
+    WindowParams,
+)
 from emotion_engine.errors import ConfigError, DatasetError
 from emotion_engine.training.augment import (
     DEFAULT_AUGMENT_PARAMS,
+    SPEAKER_PERTURBATIONS,
     AugmentParams,
+    speaker_perturb,
     telephone_channel,
     telephony_augment,
 )
@@ -33,9 +42,16 @@ from emotion_engine.training.harness_audio import HARNESS_CONDITIONS, harness_co
 
 log = logging.getLogger(__name__)
 
-CONDITIONS: tuple[str, ...] = ("test", "train", *(f"harness-{c}" for c in HARNESS_CONDITIONS))
+CONDITIONS: tuple[str, ...] = (
+    "test",
+    "train",
+    *(f"aug-{k}" for k in SPEAKER_PERTURBATIONS),
+    *(f"harness-{c}" for c in HARNESS_CONDITIONS),
+)
 """``test``: mu-law (the card's condition); ``train``: random telephony augmentation;
-``harness-<name>``: one of the evaluation harness's degradations (seeded per clip)."""
+``aug-<kind>``: a speaker perturbation (``augment.SPEAKER_PERTURBATIONS``) then the
+random telephony augmentation; ``harness-<name>``: one of the evaluation harness's
+degradations (seeded per clip)."""
 Extractor = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -92,6 +108,16 @@ def clip_rng(*, seed: int, clip: Clip) -> np.random.Generator:
     return np.random.default_rng([seed, clip_rng_tag(clip)])
 
 
+def condition_rng(*, condition: str, seed: int, clip: Clip) -> np.random.Generator | None:
+    """The generator a clip's ``condition`` draws from (``None`` for ``test``)."""
+    if condition == "test":
+        return None
+    if condition == "train":
+        return clip_rng(seed=seed, clip=clip)
+    # every other condition: its own stream per clip
+    return np.random.default_rng([seed, zlib.crc32(condition.encode()), clip_rng_tag(clip)])
+
+
 def degrade(
     *,
     samples: NDArray[np.float32],
@@ -106,6 +132,11 @@ def degrade(
         if rng is None:
             raise ConfigError("condition 'train' needs an rng")
         return telephony_augment(samples=samples, rng=rng, params=params)
+    if condition.startswith("aug-"):
+        if rng is None:
+            raise ConfigError(f"condition {condition!r} needs an rng")
+        perturbed = speaker_perturb(samples=samples, kind=condition[4:], rng=rng)
+        return telephony_augment(samples=perturbed, rng=rng, params=params)
     if condition.startswith("harness-"):
         if rng is None:
             raise ConfigError(f"condition {condition!r} needs an rng")
@@ -176,11 +207,7 @@ def featurize(
         clips, desc=f"{extractor_id} features ({condition})", unit="clip", disable=not progress
     ):
         samples = read_clip(clip.path)
-        rng = None
-        if condition == "train":
-            rng = clip_rng(seed=seed, clip=clip)
-        elif condition != "test":  # a harness condition: its own stream per clip
-            rng = np.random.default_rng([seed, zlib.crc32(condition.encode()), clip_rng_tag(clip)])
+        rng = condition_rng(condition=condition, seed=seed, clip=clip)
         audio = degrade(samples=samples, condition=condition, rng=rng, params=params)
         rows.append(np.asarray(extractor(audio), dtype=np.float32))
     features = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
@@ -195,3 +222,113 @@ def featurize(
     np.savez(tmp, features=features)
     tmp.replace(path)
     return features
+
+
+def window_bounds(
+    *, n_frames: int, window: WindowParams = DEFAULT_WINDOW_PARAMS
+) -> list[tuple[int, int]]:
+    """(start, end) LLD frame ranges of the windows the live engine scores for a leg of
+    ``n_frames`` frames that then hangs up: the first window ends after
+    ``MIN_FIRST_WINDOW_FRAMES`` (1 s), then one every hop, each at most
+    ``window.window_frames`` long, and a last one over a tail of at least
+    ``MIN_TAIL_WINDOW_FRAMES`` (``engine/pipeline.py``)."""
+    from emotion_engine.engine.pipeline import MIN_FIRST_WINDOW_FRAMES, MIN_TAIL_WINDOW_FRAMES
+
+    ends = list(
+        range(max(MIN_FIRST_WINDOW_FRAMES, window.hop_frames), n_frames + 1, window.hop_frames)
+    )
+    last = ends[-1] if ends else 0
+    if n_frames - last >= MIN_TAIL_WINDOW_FRAMES:
+        ends.append(n_frames)
+    return [(max(0, end - window.window_frames), end) for end in ends]
+
+
+def extract_window_features(
+    *,
+    samples: NDArray[np.float32],
+    params: FeatureParams = DEFAULT_FEATURE_PARAMS,
+    window: WindowParams = DEFAULT_WINDOW_PARAMS,
+) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """The functionals of every window the live engine scores on (n,) float32 8 kHz
+    audio streamed as one leg, and whether each passes the speech gate (at least
+    ``window.min_voiced_frames`` voiced frames). Returns (n_windows, n_features) and
+    (n_windows,); a clip too short for any window gives (0, n_features)."""
+    from emotion_engine.audio.framing import frame_signal
+    from emotion_engine.features import FUNCTIONAL_NAMES, compute_functionals, compute_lld
+
+    n_feat = len(FUNCTIONAL_NAMES)
+    x = np.ascontiguousarray(samples, dtype=np.float32)
+    if x.size < params.frame_length:
+        return np.zeros((0, n_feat), dtype=np.float32), np.zeros(0, dtype=np.bool_)
+    frames = frame_signal(samples=x, frame_length=params.frame_length, hop_length=params.hop_length)
+    lld = compute_lld(frames=frames, params=params)
+    bounds = window_bounds(n_frames=lld.shape[0], window=window)
+    out = np.zeros((len(bounds), n_feat), dtype=np.float32)
+    lengths = np.array([e - s for s, e in bounds], dtype=np.float64)
+    by_length: dict[int, list[int]] = {}
+    for i, (s, e) in enumerate(bounds):
+        by_length.setdefault(e - s, []).append(i)
+    for idx in by_length.values():
+        out[idx] = compute_functionals(
+            lld=np.stack([lld[bounds[i][0] : bounds[i][1]] for i in idx]), params=params
+        )
+    ratio = out[:, FUNCTIONAL_NAMES.index("voiced_ratio")].astype(np.float64)
+    speech: NDArray[np.bool_] = ratio * lengths >= window.min_voiced_frames
+    return out, speech
+
+
+@dataclass(frozen=True, slots=True)
+class WindowFeatures:
+    """Live-path window rows of many clips: ``x`` (n_rows, n_features), ``speech``
+    (n_rows,) and ``clip`` (n_rows,) the row's clip index, rows in clip order."""
+
+    x: NDArray[np.float32]
+    speech: NDArray[np.bool_]
+    clip: NDArray[np.int64]
+
+
+def featurize_windows(
+    *,
+    clips: Sequence[Clip],
+    condition: str,
+    seed: int = 0,
+    params: AugmentParams = DEFAULT_AUGMENT_PARAMS,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> WindowFeatures:
+    """:func:`extract_window_features` of every clip under ``condition`` (cached as
+    :func:`featurize` caches clip features)."""
+    if condition not in CONDITIONS:
+        raise ConfigError(f"unknown condition {condition!r} (expected one of {CONDITIONS})")
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    key = cache_key(
+        clips=clips, condition=condition, seed=seed, extractor_id="engine-windows", params=params
+    )
+    path = cache_dir / f"engine-windows-{condition}-{key}.npz"
+    if path.is_file():
+        with np.load(path) as cached:
+            return WindowFeatures(x=cached["x"], speech=cached["speech"], clip=cached["clip"])
+
+    from tqdm import tqdm
+
+    xs: list[NDArray[np.float32]] = []
+    sp: list[NDArray[np.bool_]] = []
+    idx: list[NDArray[np.int64]] = []
+    for i, clip in enumerate(
+        tqdm(clips, desc=f"window features ({condition})", unit="clip", disable=not progress)
+    ):
+        samples = read_clip(clip.path)
+        rng = condition_rng(condition=condition, seed=seed, clip=clip)
+        audio = degrade(samples=samples, condition=condition, rng=rng, params=params)
+        x, speech = extract_window_features(samples=audio)
+        xs.append(x)
+        sp.append(speech)
+        idx.append(np.full(x.shape[0], i, dtype=np.int64))
+    out = WindowFeatures(x=np.concatenate(xs), speech=np.concatenate(sp), clip=np.concatenate(idx))
+    if not np.all(np.isfinite(out.x)):
+        raise DatasetError(f"window features are not finite under {condition}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, x=out.x, speech=out.speech, clip=out.clip)
+    tmp.replace(path)
+    return out

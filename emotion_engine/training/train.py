@@ -73,6 +73,12 @@ def _logreg(seed: int) -> Any:
     return LogisticRegression(C=0.1, max_iter=3000, random_state=seed)
 
 
+def _logreg_c1(seed: int) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=1.0, max_iter=3000, random_state=seed)
+
+
 def _mlp(seed: int) -> Any:
     from sklearn.neural_network import MLPClassifier
 
@@ -110,13 +116,14 @@ def _hgb(seed: int) -> Any:
 
 CANDIDATES: dict[str, Callable[[int], Any]] = {
     "logreg": _logreg,
+    "logreg_c1": _logreg_c1,
     "mlp": _mlp,
     "svm": _svm,
     "hgb": _hgb,
 }
 """Emotion-head candidates compared by ``evaluate`` (leave-one-corpus-out UAR)."""
 
-EXPORTABLE: frozenset[str] = frozenset({"logreg", "mlp", "svm"})
+EXPORTABLE: frozenset[str] = frozenset({"logreg", "logreg_c1", "mlp", "svm"})
 """skl2onnx 1.20 cannot convert HistGradientBoosting with onnx 1.23 (attribute types)."""
 
 DEFAULT_CANDIDATE = "logreg"
@@ -156,6 +163,24 @@ def reference_rows(dataset: Dataset) -> NDArray[np.bool_]:
     orig = np.array([c.orig_emotion for c in dataset.clips])
     out: NDArray[np.bool_] = np.isin(orig, ["neutral", "calm"]) | (dataset.arousal == 1)
     return out
+
+
+WEIGHTINGS: tuple[str, ...] = ("corpus_class", "class", "none")
+"""Sample weights of the training rows: each corpus and each class within it equal
+(:func:`balanced_weights`), each class equal, or every row the same."""
+
+
+def sample_weights(
+    *, y: NDArray[np.int64], groups: NDArray[np.str_], weighting: str = "corpus_class"
+) -> NDArray[np.float64]:
+    """(n,) weights of ``weighting`` (``WEIGHTINGS``), mean 1."""
+    if weighting == "corpus_class":
+        return balanced_weights(y=y, groups=groups)
+    if weighting == "class":
+        return balanced_weights(y=y, groups=np.zeros(y.shape, dtype=np.str_))
+    if weighting == "none":
+        return np.ones(y.shape, dtype=np.float64)
+    raise ConfigError(f"unknown weighting {weighting!r} (one of {WEIGHTINGS})")
 
 
 def balanced_weights(*, y: NDArray[np.int64], groups: NDArray[np.str_]) -> NDArray[np.float64]:
@@ -211,9 +236,11 @@ def fit_model(
     labels: Sequence[str],
     candidate: str = DEFAULT_CANDIDATE,
     seed: int = 0,
+    weighting: str = "corpus_class",
 ) -> FittedModel:
     """Fit both heads. ``x``: (n, n_features); ``y``/``arousal``: (n,) with ``NO_LABEL``
-    where a head must not learn; ``corpus``: (n,) for the balancing weights."""
+    where a head must not learn; ``corpus``: (n,) for the balancing weights
+    (``weighting``, see ``WEIGHTINGS``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -227,7 +254,9 @@ def fit_model(
         raise DatasetError(f"need at least two emotion classes to train, got {np.unique(y[has_y])}")
     emotion = CANDIDATES[candidate](seed)
     emotion.fit(
-        z[has_y], y[has_y], sample_weight=balanced_weights(y=y[has_y], groups=corpus[has_y])
+        z[has_y],
+        y[has_y],
+        sample_weight=sample_weights(y=y[has_y], groups=corpus[has_y], weighting=weighting),
     )
     if list(emotion.classes_) != list(range(len(labels))):
         missing = sorted(set(range(len(labels))) - set(emotion.classes_))
@@ -240,7 +269,7 @@ def fit_model(
     arousal_head.fit(
         z[has_a],
         arousal[has_a],
-        sample_weight=balanced_weights(y=arousal[has_a], groups=corpus[has_a]),
+        sample_weight=sample_weights(y=arousal[has_a], groups=corpus[has_a], weighting=weighting),
     )
     values = np.asarray(AROUSAL_VALUES, dtype=np.float32)[arousal_head.classes_]
     return FittedModel(
