@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= $(abspath ../shared/data)
 export EMOTION_ENGINE_DATA ?= $(DATA_DIR)
 
-.PHONY: help setup system-deps kernels run demo test unit lint typecheck format train evaluate bench clean
+.PHONY: help setup system-deps kernels run demo test unit lint typecheck format train evaluate bench fuzz clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -74,6 +74,11 @@ evaluate: $(STAMP)  ## model card numbers: RAVDESS speaker k-fold + leave-one-co
 
 bench: $(STAMP)  ## benchmarks (results in benchmarks/results/)
 	$(BIN)/emotion-engine bench
+
+FUZZ_RUNS ?= 1000000
+FUZZ_ARGS ?=
+fuzz: $(STAMP)  ## every ingest parser under atheris, FUZZ_RUNS inputs each (summary in benchmarks/results/fuzz-*.json)
+	$(BIN)/python -m benchmarks.fuzz --runs $(FUZZ_RUNS) $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

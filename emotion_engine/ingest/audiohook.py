@@ -61,6 +61,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ from emotion_engine.ingest.base import (
     LegStarted,
     ProtocolViolation,
     Reply,
+    loads_json,
 )
 
 __all__ = ["CHANNEL_PARTIES", "AudioHookSession", "parse_duration"]
@@ -111,7 +113,7 @@ def parse_duration(text: str) -> float | None:
     for key, scale in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
         if parts[key] is not None:
             seconds += float(parts[key]) * scale
-    return seconds
+    return seconds if math.isfinite(seconds) else None  # "PT1e400S" is not a duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +205,7 @@ class AudioHookSession:
         if size > self._max_text:
             return self._client_error(f"Text message too large (>64K): {size} bytes")
         try:
-            msg = json.loads(text)
+            msg = loads_json(text)
         except ValueError:
             return self._client_error(f"Text message not valid JSON: {text[:60]!r}")
         problem = _check_client_message(msg)

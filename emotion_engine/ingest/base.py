@@ -9,6 +9,8 @@ to the engine, logs ``ProtocolViolation`` and closes the transport on ``Close``.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,3 +76,33 @@ class Close:
 
 
 IngestOutput = AudioChunk | LegStarted | LegEnded | Dtmf | Reply | ProtocolViolation | Close
+
+
+def parse_decimal(text: str, *, max_digits: int = 18) -> int | None:
+    """``text`` as a non-negative integer when it is 1 to ``max_digits`` ASCII digits,
+    else None. ``str.isdigit`` alone also passes "\u00b2" and other digits that ``int``
+    refuses, and ``int`` refuses strings of over 4,300 digits: both raised from peer input."""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} out of range")
+    return value
+
+
+def loads_json(text: str) -> Any:
+    """``json.loads`` of one peer message, strict as RFC 8259: ``NaN``, ``Infinity`` and
+    numbers beyond a float are refused (they would reach the events, which cannot carry
+    them), and so is nesting too deep for the decoder. Raises ValueError for all of it."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise ValueError(f"JSON nested too deeply ({len(text)} characters)") from exc

@@ -46,7 +46,6 @@ Decisions:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
@@ -65,6 +64,8 @@ from emotion_engine.ingest.base import (
     LegEnded,
     LegStarted,
     ProtocolViolation,
+    loads_json,
+    parse_decimal,
 )
 
 __all__ = ["MIX_TYPES", "L16Session", "parse_rate"]
@@ -90,10 +91,8 @@ def parse_rate(raw: object) -> int | None:
         return int(raw)
     if isinstance(raw, str):
         text = raw.strip().lower()
-        if text.endswith("k") and text[:-1].isdigit():
-            return int(text[:-1]) * 1000
-        if text.isdigit():
-            return int(text)
+        khz = parse_decimal(text[:-1]) if text.endswith("k") else None
+        return khz * 1000 if khz is not None else parse_decimal(text)
     return None
 
 
@@ -168,7 +167,7 @@ class L16Session:
         if size > self._max_message:
             return [ProtocolViolation(f"l16: text frame of {size} bytes too large; dropped")]
         try:
-            msg = json.loads(text)
+            msg = loads_json(text)
         except ValueError as exc:
             return [ProtocolViolation(f"l16: malformed JSON ({exc}): {text[:80]!r}")]
         if not isinstance(msg, dict):
@@ -267,7 +266,7 @@ class L16Session:
                 found = _CONTENT_RATE_RE.search(content)
                 if "l16" not in content.lower() or found is None:
                     return rate_default, mix_default, f"l16: unsupported content-type {content!r}"
-                rate = int(found.group(1))
+                rate = parse_decimal(found.group(1))
         if rate is None or rate not in SUPPORTED_INPUT_RATES_HZ:
             return (
                 rate_default,

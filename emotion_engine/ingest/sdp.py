@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from emotion_engine.errors import ProtocolError
+from emotion_engine.ingest.base import parse_decimal
 
 __all__ = [
     "DIRECTIONS",
@@ -159,10 +160,11 @@ def parse_sdp(body: bytes | str) -> SessionDescription:
             parts = value.split()
             if len(parts) < 4:
                 raise ProtocolError(f"SDP line {line_no}: m= needs media, port, proto, formats")
-            port_text = parts[1].split("/")[0]  # "port/count": the first port is ours to use
-            if not port_text.isdigit() or int(port_text) > 65535:
-                raise ProtocolError(f"SDP line {line_no}: bad port {parts[1]!r} in m=")
-            current = _MediaBuilder(parts[0], int(port_text), parts[2], tuple(parts[3:]))
+            # "port/count": the first port is ours to use
+            port = parse_decimal(parts[1].split("/")[0], max_digits=5)
+            if port is None or port > 65535:
+                raise ProtocolError(f"SDP line {line_no}: bad port {parts[1][:40]!r} in m=")
+            current = _MediaBuilder(parts[0], port, parts[2], tuple(parts[3:]))
         elif kind == "o":
             origin = value
         elif kind == "c":
@@ -241,9 +243,9 @@ def answer_offer(offer: SessionDescription) -> list[StreamAnswer]:
         codecs: list[int] = []
         dtmf_pt: int | None = None
         for fmt in m.formats:
-            if not fmt.isdigit():
+            pt = parse_decimal(fmt, max_digits=3)
+            if pt is None:
                 continue
-            pt = int(fmt)
             name = rtpmap.get(pt)
             if pt in _STATIC_G711 and (name is None or name == (_STATIC_G711[pt], 8000)):
                 codecs.append(pt)

@@ -55,7 +55,7 @@ from typing import Any, Final
 
 from emotion_engine.config import PARTIES
 from emotion_engine.errors import ConfigError, ProtocolError
-from emotion_engine.ingest.base import ProtocolViolation
+from emotion_engine.ingest.base import ProtocolViolation, parse_decimal
 from emotion_engine.ingest.sdp import (
     DEFAULT_DTMF_PT,
     MediaDescription,
@@ -268,9 +268,10 @@ def _parse_cseq(value: str | None) -> tuple[int, str]:
     if value is None:
         raise ProtocolError("missing CSeq")
     parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) > MAX_CSEQ:
-        raise ProtocolError(f"malformed CSeq {value!r}")
-    return int(parts[0]), parts[1]
+    number = parse_decimal(parts[0], max_digits=10) if len(parts) == 2 else None
+    if number is None or number > MAX_CSEQ:
+        raise ProtocolError(f"malformed CSeq {value[:80]!r}")
+    return number, parts[1]
 
 
 def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
@@ -290,9 +291,10 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
     msg = SipMessage()
     if start.upper().startswith("SIP/"):
         parts = start.split(" ", 2)
-        if len(parts) < 2 or not parts[1].isdigit() or len(parts[1]) != 3:
+        status = parse_decimal(parts[1]) if len(parts) >= 2 and len(parts[1]) == 3 else None
+        if status is None:
             raise ProtocolError(f"bad status line {start[:80]!r}")
-        msg.status, msg.reason = int(parts[1]), parts[2] if len(parts) > 2 else ""
+        msg.status, msg.reason = status, parts[2] if len(parts) > 2 else ""
         version = parts[0]
     else:
         parts = start.split(" ")
@@ -329,9 +331,10 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
         raise BadMessage(f"conflicting Content-Length values {sorted(lengths)}", msg)
     if lengths:
         length_text = lengths.pop()
-        if not length_text.isdigit():
-            raise BadMessage(f"malformed Content-Length {length_text!r}", msg)
-        length = int(length_text)
+        parsed = parse_decimal(length_text, max_digits=10)
+        if parsed is None:
+            raise BadMessage(f"malformed Content-Length {length_text[:80]!r}", msg)
+        length = parsed
         if length > len(rest):
             raise BadMessage(f"truncated: Content-Length {length} but {len(rest)} body bytes", msg)
         msg.body = rest[:length]  # RFC 3261 §18.3: bytes past Content-Length are dropped
@@ -376,9 +379,10 @@ class SipStreamFramer:
             match = self._LENGTH.search(head)
             length = 0
             if match is not None:
-                if not match.group(1).isdigit():
-                    raise ProtocolError(f"malformed Content-Length {match.group(1)!r} on TCP")
-                length = int(match.group(1))
+                found = parse_decimal(match.group(1).decode("latin-1"), max_digits=10)
+                if found is None:
+                    raise ProtocolError(f"malformed Content-Length {match.group(1)[:80]!r} on TCP")
+                length = found
             total = end + 4 + length
             if total > self.max_message_bytes:
                 raise ProtocolError(f"SIP message of {total} bytes over {self.max_message_bytes}")
@@ -443,9 +447,10 @@ def parse_uri(uri: str) -> SipUri:
 
 
 def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    port = parse_decimal(text, max_digits=5)
+    if port is None or not 0 < port < 65536:
         raise ProtocolError(f"bad port in {whole[:80]!r}")
-    return int(text)
+    return port
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,6 +565,9 @@ def validate_request(msg: SipMessage) -> str | None:
             parse_via(via)
         for name in ("from", "to"):
             parse_name_addr(msg.get(name) or "")
+        for contact in msg.get_all("contact"):
+            if contact.strip() != "*":  # REGISTER's "all bindings"; not a target
+                parse_name_addr(contact)
     except ProtocolError as exc:
         return str(exc)
     if method != msg.method:

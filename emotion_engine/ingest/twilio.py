@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from collections import deque
 from collections.abc import Mapping
@@ -69,6 +68,8 @@ from emotion_engine.ingest.base import (
     LegEnded,
     LegStarted,
     ProtocolViolation,
+    loads_json,
+    parse_decimal,
 )
 
 __all__ = ["DEFAULT_TRACK_PARTIES", "TwilioMediaSession", "TwilioStats"]
@@ -80,6 +81,7 @@ DEFAULT_TRACK_PARTIES: Final[Mapping[str, str]] = {"inbound": "customer", "outbo
 _DECODERS: Final = {"audio/x-mulaw": ulaw_decode, "audio/x-alaw": alaw_decode}
 _CLOSE_UNSUPPORTED: Final = 1003  # RFC 6455: data the endpoint cannot accept
 _MAX_SEQ_JUMP: Final = 10_000  # ~100 s of two-track media; farther is a corrupt number
+MAX_TIMESTAMP_MS: Final = 2**31  # ~25 days into a stream: a later media timestamp is corrupt
 
 
 @dataclass(slots=True)
@@ -162,7 +164,7 @@ class TwilioMediaSession:
                 )
             ]
         try:
-            msg = json.loads(text)
+            msg = loads_json(text)
         except ValueError as exc:
             return [ProtocolViolation(f"twilio: malformed JSON ({exc}): {text[:80]!r}")]
         if not isinstance(msg, dict):
@@ -389,7 +391,7 @@ class TwilioMediaSession:
         ts_ms = _parse_number(raw_ts)
         if ts_ms is None:
             if raw_ts is not None:
-                out.append(ProtocolViolation(f"twilio: bad media timestamp {raw_ts!r}"))
+                out.append(ProtocolViolation(f"twilio: bad media timestamp {raw_ts!r:.80}"))
         else:
             at = round(ts_ms * SAMPLE_RATE_HZ / 1000)
             gap = at - leg.next_sample
@@ -460,16 +462,17 @@ def _parse_seq(raw: object) -> int | None:
         return None
     if isinstance(raw, int):
         return raw if raw >= 0 else None
-    if isinstance(raw, str) and raw.isascii() and raw.isdigit():
-        return int(raw)
-    return None
+    return parse_decimal(raw) if isinstance(raw, str) else None
 
 
 def _parse_number(raw: object) -> float | None:
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int | float):
-        value = float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:  # an int beyond a float
+            return None
     elif isinstance(raw, str):
         try:
             value = float(raw)
@@ -477,4 +480,4 @@ def _parse_number(raw: object) -> float | None:
             return None
     else:
         return None
-    return value if np.isfinite(value) and value >= 0 else None
+    return value if 0 <= value <= MAX_TIMESTAMP_MS else None
