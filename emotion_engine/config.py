@@ -176,6 +176,16 @@ class ServeParams:
     tick_s: float = 0.1  # how often the engine batches queued audio
     replay_events: int = 10_000
     subscriber_queue: int = 2_000
+    # --- subscribers and keepalive ---
+    # Websocket pings every this many seconds (0: none). Media and control connections
+    # that leave a ping unanswered for ws_ping_timeout_s are closed; event subscribers
+    # are not (a slow one answers late, behind the events it is still reading) ...
+    ws_ping_interval_s: float = 20.0
+    ws_ping_timeout_s: float = 20.0
+    # ... they are closed only when they took no event and answered no ping for this
+    # long (0: never)
+    subscriber_stall_s: float = 120.0
+    # --- end subscribers and keepalive ---
     # --- privacy and routing (issue 6) ---
     # Emotion recognition at the workplace is restricted (EU AI Act, art. 5(1)(f)), so
     # the agent's audio is dropped unanalysed unless this is switched on explicitly.

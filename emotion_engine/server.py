@@ -25,6 +25,7 @@ presents ``X-API-KEY``. Without a token the server refuses any non-loopback host
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import http
 import ipaddress
@@ -515,6 +516,7 @@ class EngineServer:
         self._tcp: asyncio.Server | None = None
         self._poller: asyncio.Task[None] | None = None
         self._subscriber_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False  # subscribers disconnected now count as "shutdown"
         # id -> (event, its JSON): every subscriber is sent the same text, encoded once
         # (the event is kept in the entry, so its id cannot be reused while cached)
         self._json_cache: OrderedDict[int, tuple[dict[str, Any], str]] = OrderedDict()
@@ -602,6 +604,8 @@ class EngineServer:
                 max_size=p.max_message_bytes,
                 compression="deflate" if p.ws_compression else None,
                 server_header=f"emotion-engine/{__version__}",
+                ping_interval=p.ws_ping_interval_s or None,
+                ping_timeout=p.ws_ping_timeout_s or None,
             )
         except OSError as exc:
             raise _bind_error("HTTP/websocket", p.host, p.port, "--port", exc) from exc
@@ -673,6 +677,7 @@ class EngineServer:
     async def stop(self) -> None:
         """Stop accepting, end every open leg (call.end reason shutdown), deliver those
         events to connected subscribers, then close."""
+        self._stopping = True
         if self.sip is not None:  # BYE to every SIP call first: its legs end "shutdown"
             await self.sip.stop()
         if self._poller is not None:
@@ -742,8 +747,15 @@ class EngineServer:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path == "/healthz":
+            hub = self.service.hub
             body = json.dumps(
-                {"status": "ok", "version": __version__, "legs_active": self.service.active_legs}
+                {
+                    "status": "ok",
+                    "version": __version__,
+                    "legs_active": self.service.active_legs,
+                    "epoch": hub.epoch,
+                    "last_seq": hub.last_seq,
+                }
             )
             return _response(connection, http.HTTPStatus.OK, body, "application/json")
         if path == "/metrics":
@@ -768,6 +780,11 @@ class EngineServer:
             return self._reject(
                 connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token"
             )
+        if path == "/v1/events":
+            try:
+                _since(parse_qs(urlsplit(request.path).query))
+            except ValueError as exc:
+                return self._reject(connection, http.HTTPStatus.BAD_REQUEST, str(exc))
         return None
 
     def _reject(self, connection: ServerConnection, status: http.HTTPStatus, why: str) -> Response:
@@ -793,35 +810,105 @@ class EngineServer:
             await ws.close(1011, "internal error")
 
     async def _events(self, ws: ServerConnection) -> None:
+        """One subscriber: a sender loop drains its hub queue into the websocket.
+
+        The sender waits on the queue's wake-up directly, so when the publisher yields
+        between slices of a step (``EngineService._publish``) every sender that is not
+        blocked by its client runs and empties its queue first. A client that reads
+        slowly blocks only its own sender (its queue then overflows into
+        ``events.lost``); websockets' ping timeout is off here, since a slow reader
+        answers pings only after the events queued before them: :meth:`_watch` closes
+        a subscriber only when it took nothing for ``subscriber_stall_s``.
+        """
         assert ws.request is not None
         query = parse_qs(urlsplit(ws.request.path).query)
-        try:
-            since = int(query["since"][0]) if "since" in query else None
-        except ValueError:
-            await ws.close(1008, "since must be an integer seq")
-            return
+        since = _since(query)  # checked before the upgrade (_process_request)
+        epoch = query.get("epoch", [None])[0] or None
+        if ws.keepalive_task is not None:
+            ws.keepalive_task.cancel()  # pings come from _watch, without a timeout
+        loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         sub = self.service.hub.subscribe(
-            event_filter=EventFilter.from_query(query), since=since, wake=wake.set
+            event_filter=EventFilter.from_query(query), since=since, epoch=epoch, wake=wake.set
         )
-        loop = asyncio.get_running_loop()
+        live = _Liveness(loop.time())
         reader = loop.create_task(_discard_incoming(ws))
+        watchdog = loop.create_task(self._watch(ws, live))
+        for task in (reader, watchdog):
+            task.add_done_callback(lambda _: wake.set())
+        sent = 0
+        failed = False
         try:
-            while True:
-                waiter = loop.create_task(wake.wait())
-                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if reader.done():  # the subscriber went away
-                    waiter.cancel()
-                    return
+            while not reader.done() and not watchdog.done():
+                await wake.wait()
                 wake.clear()
                 for event in sub.drain():
-                    if event.get("type") == "events.lost":
-                        self.service.metrics.events_dropped_total += int(event["count"])
                     await ws.send(self._encode(event))
+                    live.mark(loop.time())
+                    sent += 1
                     self.service.metrics.events_sent_total += 1
+        except ConnectionClosed:
+            pass
+        except Exception:
+            failed = True
+            raise
         finally:
             self.service.hub.unsubscribe(sub)
             reader.cancel()
+            watchdog.cancel()
+            if live.stalled:
+                reason = "stalled"
+                detail = (
+                    f"took no event and answered no ping for {self.params.subscriber_stall_s:g} s"
+                )
+            elif failed:
+                reason, detail = "error", "internal error"
+            elif self._stopping:
+                reason, detail = "shutdown", "server stopping"
+            else:
+                reason = "client_closed"
+                code = ws.close_code
+                detail = f"close code {code}" if code is not None else "connection lost"
+            self.service.metrics.subscriber_disconnected(reason)
+            log.log(
+                logging.WARNING if reason in ("stalled", "error") else logging.INFO,
+                "subscriber %s disconnected: %s (%s); %d events sent, %d dropped in %d overflows",
+                _peer(ws),
+                reason.replace("_", " "),
+                detail,
+                sent,
+                sub.dropped,
+                sub.overflows,
+            )
+
+    async def _watch(self, ws: ServerConnection, live: _Liveness) -> None:
+        """Ping a subscriber every ``ws_ping_interval_s`` (a pong counts as progress,
+        however late); close it once it made no progress (took no event, answered no
+        ping) for ``subscriber_stall_s``. Pings are sent from their own task: a ping waits
+        behind the events already written, as long as the client does not read."""
+        p = self.params
+        loop = asyncio.get_running_loop()
+        checks = [x for x in (p.ws_ping_interval_s, p.subscriber_stall_s / 4) if x > 0]
+        if not checks:
+            await loop.create_future()  # neither pings nor a stall limit: wait forever
+        pinging: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(min(checks))
+                now = loop.time()
+                if p.subscriber_stall_s > 0 and now - live.last >= p.subscriber_stall_s:
+                    live.stalled = True
+                    # a close frame would wait behind what the client did not read (and
+                    # websockets' close() waits for that without a timeout): cut it
+                    ws.transport.abort()
+                    return
+                due = p.ws_ping_interval_s > 0 and now - live.pinged >= p.ws_ping_interval_s
+                if due and (pinging is None or pinging.done()):
+                    live.pinged = now
+                    pinging = loop.create_task(_ping(ws, live))
+        finally:
+            if pinging is not None:
+                pinging.cancel()
 
     def _encode(self, event: dict[str, Any]) -> str:
         """The event's JSON text, encoded once however many subscribers it goes to."""
@@ -920,6 +1007,50 @@ def _bind_error(what: str, host: str, port: int, option: str, exc: OSError) -> S
         f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}; "
         f"pick another port with {option} ({_PORT_CHOICES[option]})"
     )
+
+
+class _Liveness:
+    """When a subscriber last made progress (took an event or answered a ping)."""
+
+    __slots__ = ("last", "pinged", "stalled")
+
+    def __init__(self, now: float) -> None:
+        self.last = now
+        self.pinged = now
+        self.stalled = False
+
+    def mark(self, now: float) -> None:
+        self.last = now
+
+
+async def _ping(ws: ServerConnection, live: _Liveness) -> None:
+    """One ping; its pong, whenever it comes, marks the subscriber alive."""
+    with contextlib.suppress(ConnectionClosed):
+        pong = await ws.ping()
+        await pong
+        live.mark(asyncio.get_running_loop().time())
+
+
+def _since(query: dict[str, list[str]]) -> int | None:
+    """``?since=`` of an /v1/events request; ValueError naming what is wrong."""
+    if "since" not in query:
+        return None
+    raw = query["since"][0]
+    try:
+        since = int(raw)
+    except ValueError:
+        raise ValueError(f"since must be an integer seq, got {raw!r}") from None
+    if since < 0:
+        raise ValueError(f"since must be a seq >= 0 (0: everything held), got {since}")
+    return since
+
+
+def _peer(ws: ServerConnection) -> str:
+    try:
+        host, port = ws.remote_address[:2]
+    except (TypeError, ValueError):
+        return "?"
+    return f"{host}:{port}"
 
 
 async def _discard_incoming(ws: ServerConnection) -> None:

@@ -24,6 +24,7 @@ from emotion_engine.publish.events import (
     spike,
     to_json,
 )
+from emotion_engine.publish.hub import EventHub
 
 LABELS = ("neutral", "happy", "sad", "angry", "fearful")
 
@@ -73,6 +74,7 @@ def test_every_generated_event_validates(validator: jsonschema.protocols.Validat
     assert {e["type"] for e in events} == set(EVENT_TYPES)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert all(e["v"] == 1 for e in events)
+    assert len({e["epoch"] for e in events}) == 1  # one stream, one epoch
     spikes = [
         (e["phase"], e["t"], e["reason"] if e["phase"] == "end" else None)
         for e in events
@@ -135,6 +137,8 @@ def valid_spike_end() -> dict[str, Any]:
         ("phase", "middle"),
         ("reason", "bored"),
         ("unknown_field", 1),
+        ("epoch", ""),
+        ("epoch", 7),
     ],
 )
 def test_schema_rejects_malformed_events(
@@ -176,7 +180,7 @@ def test_to_json_is_compact_and_rounded() -> None:
     assert back["t"] == 1.2346
     assert back["info"] == {"x": 0.1, "n": 3, "a": [1.0, 0.0]}
     assert "-0.0" not in text
-    assert list(back)[:6] == ["v", "seq", "type", "call_id", "party", "t"]
+    assert list(back)[:7] == ["v", "epoch", "seq", "type", "call_id", "party", "t"]
     with pytest.raises(EventError, match="nan"):
         to_json({**d, "info": {"bad": math.nan}})
 
@@ -228,8 +232,49 @@ def test_sequencer_counts_from_one() -> None:
     seq = EventSequencer()
     e = call_start(call_id="c", party="agent", t=0.0, labels=["neutral"])
     assert [seq.stamp(e)["seq"] for _ in range(3)] == [1, 2, 3]
+    before = seq.epoch
     seq.reset()
-    assert seq.stamp(e)["seq"] == 1
+    again = seq.stamp(e)
+    # seqs start again: under a new epoch, so a reader can tell
+    assert again["seq"] == 1 and again["epoch"] == seq.epoch != before
+    assert EventSequencer(epoch="run-1").stamp(e)["epoch"] == "run-1"
+
+
+def test_stream_notices_validate_and_malformed_ones_do_not(
+    validator: jsonschema.protocols.Validator,
+) -> None:
+    """What a subscriber gets besides events: events.lost (queue overflow, replay gap)
+    and events.resync (since of another epoch, or beyond the head), as the hub makes
+    them, through JSON."""
+    hub = EventHub(replay_events=3, max_queue=2)
+    e = call_start(call_id="c", party="customer", t=0.0, labels=["neutral"])
+    hub.publish(e)
+    slow = hub.subscribe()
+    for _ in range(5):
+        hub.publish(e)
+    notices = [n for n in slow.drain() if "seq" not in n]
+    notices += [n for n in hub.subscribe(since=40).drain() if "seq" not in n]
+    notices += [n for n in hub.subscribe(since=2, epoch="old").drain() if "seq" not in n]
+    assert [n["type"] for n in notices] == [
+        "events.lost",
+        "events.resync",
+        "events.lost",
+        "events.resync",
+        "events.lost",
+    ]
+    for n in notices:
+        validator.validate(json.loads(to_json(n)))
+    lost = json.loads(to_json(notices[0]))
+    resync = json.loads(to_json(notices[1]))
+    for bad in (
+        {**lost, "count": 0},
+        {**lost, "seq": 3},
+        {k: v for k, v in lost.items() if k != "epoch"},
+        {**resync, "reason": "bored"},
+        {k: v for k, v in resync.items() if k != "message"},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate(bad)
 
 
 def test_event_rejects_bad_envelope() -> None:

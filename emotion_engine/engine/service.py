@@ -106,6 +106,18 @@ class EngineService:
             "Connected event subscribers.",
             lambda: float(self.hub.subscriber_count),
         )
+        self.metrics.counter_fn(
+            "emotion_engine_events_dropped_total",
+            "Events dropped from subscriber queues that were full (announced to the "
+            "subscriber by events.lost).",
+            lambda: float(self.hub.events_dropped),
+        )
+        self.metrics.counter_fn(
+            "emotion_engine_subscriber_overflows_total",
+            "Times an event found a subscriber's queue full (each one empties the queue "
+            "into one events.lost notice).",
+            lambda: float(self.hub.overflows),
+        )
 
     # -- called on the event loop by ingest adapters ---------------------------------
 
@@ -184,7 +196,7 @@ class EngineService:
         events = await asyncio.get_running_loop().run_in_executor(
             self._executor, self._step, commands, True
         )
-        self._publish(events)
+        await self._publish(events)
         self._executor.shutdown(wait=True)
 
     async def _run(self) -> None:
@@ -202,7 +214,7 @@ class EngineService:
                 continue
             commands, self._commands = self._commands, []
             events = await loop.run_in_executor(self._executor, self._step, commands, False)
-            self._publish(events)
+            await self._publish(events)
 
     def _take_sources(self) -> None:
         for take, source in self._sources:
@@ -213,9 +225,19 @@ class EngineService:
                 continue
             self.submit(outputs, source=source)
 
-    def _publish(self, events: list[Event]) -> None:
+    async def _publish(self, events: list[Event]) -> None:
+        """Publish one step's events in order. Every ``hub.handoff_events`` events the
+        loop runs once, so subscribers' senders take what they were handed before the
+        next slice comes: a step holding thousands of events (after a stall) does not
+        overflow the queue of a subscriber that keeps up."""
         pending = deque(events)
+        budget = self.hub.handoff_events
+        handed = 0
         while pending:
+            if handed >= budget:
+                handed = 0
+                await asyncio.sleep(0)
+            handed += 1
             stamped = self.hub.publish(pending.popleft())
             self.metrics.events_published_total += 1
             for listener in self._listeners:

@@ -2,12 +2,13 @@
 
 Every event is one flat JSON object::
 
-    {"v": 1, "seq": 7, "type": "emotion.spike", "call_id": "c1", "party": "customer",
-     "t": 42.5, ...payload}
+    {"v": 1, "epoch": "6b1f0c2a9d3e4f57", "seq": 7, "type": "emotion.spike",
+     "call_id": "c1", "party": "customer", "t": 42.5, ...payload}
 
 ``v`` is :data:`SCHEMA_VERSION`, ``seq`` rises by 1 from 1 on each published stream
-(stamped by :class:`EventSequencer`, so a subscriber can spot a gap), ``t`` is seconds
-of call audio. The payload of each ``type`` is described field by field, with units,
+(stamped by :class:`EventSequencer`, so a subscriber can spot a gap), ``epoch`` names
+that stream (a new one at every server start: seqs of two epochs are unrelated), ``t``
+is seconds of call audio. The payload of each ``type`` is described field by field, with units,
 in ``emotion_engine/schema/events.schema.json`` (:func:`schema_path`).
 
 Builders return an unstamped :class:`Event`; whoever publishes stamps it once::
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +62,18 @@ FLOAT_DECIMALS: Final = 4
 
 DEFAULT_WINDOW_S: Final = DEFAULT_WINDOW_PARAMS.window_frames / FRAMES_PER_SECOND
 
-_ENVELOPE_KEYS = frozenset({"v", "seq", "type", "call_id", "party", "t"})
+# --- stream notices: sent to subscribers, not part of the seq stream ---
+EVENTS_LOST: Final = "events.lost"
+EVENTS_RESYNC: Final = "events.resync"
+NOTICE_TYPES: tuple[str, ...] = (EVENTS_LOST, EVENTS_RESYNC)
+RESYNC_REASONS: tuple[str, ...] = ("epoch_changed", "since_ahead")
+
+_ENVELOPE_KEYS = frozenset({"v", "epoch", "seq", "type", "call_id", "party", "t"})
+
+
+def new_epoch() -> str:
+    """A fresh stream id: 16 random hex digits (opaque; compare for equality only)."""
+    return secrets.token_hex(8)
 
 
 def schema_path() -> Path:
@@ -115,14 +128,18 @@ class Event:
 
 
 class EventSequencer:
-    """Stamps events of one published stream with ``v`` and a ``seq`` rising by 1 from 1.
+    """Stamps events of one published stream with ``v``, its ``epoch`` and a ``seq``
+    rising by 1 from 1.
 
     Use one sequencer per stream a subscriber reads (e.g. per call, or per websocket
-    feed), so a missing ``seq`` means a lost event.
+    feed), so a missing ``seq`` means a lost event. ``epoch`` (default: a new
+    :func:`new_epoch`) tells a reader which stream a seq belongs to, so one that sees
+    the epoch change knows the seqs started again from 1.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, epoch: str | None = None) -> None:
         self._last_seq = 0
+        self.epoch = epoch or new_epoch()
 
     @property
     def last_seq(self) -> int:
@@ -130,12 +147,14 @@ class EventSequencer:
         return self._last_seq
 
     def stamp(self, event: Event) -> dict[str, Any]:
-        """``{"v", "seq", "type", "call_id", "party", "t", ...payload}`` for ``event``."""
+        """``{"v", "epoch", "seq", "type", "call_id", "party", "t", ...payload}``."""
         self._last_seq += 1
-        return {"v": SCHEMA_VERSION, "seq": self._last_seq, **event.to_dict()}
+        return {"v": SCHEMA_VERSION, "epoch": self.epoch, "seq": self._last_seq, **event.to_dict()}
 
     def reset(self) -> None:
+        """Start again from seq 1, under a new epoch (the old seqs mean nothing now)."""
         self._last_seq = 0
+        self.epoch = new_epoch()
 
 
 def _plain(value: Any) -> Any:

@@ -62,11 +62,11 @@ class Metrics:
         self.audio_seconds_total = 0.0
         self.events_published_total = 0
         self.events_sent_total = 0
-        self.events_dropped_total = 0  # lost to slow subscribers
         self.legs_started_total = 0
         self.legs_failed_total = 0
         self.protocol_errors_total: dict[str, int] = {}
         self.rejected_connections_total: dict[str, int] = {}
+        self.subscriber_disconnects_total: dict[str, int] = {}
         self.processing_seconds = Histogram()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters_fn: dict[str, tuple[str, Callable[[], float]]] = {}
@@ -77,6 +77,12 @@ class Metrics:
 
     def rejected(self, reason: str) -> None:
         self.rejected_connections_total[reason] = self.rejected_connections_total.get(reason, 0) + 1
+
+    def subscriber_disconnected(self, reason: str) -> None:
+        """Count one /v1/events connection ended, by why (``client_closed``, ``stalled``,
+        ``shutdown``, ``error``)."""
+        totals = self.subscriber_disconnects_total
+        totals[reason] = totals.get(reason, 0) + 1
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, read)
@@ -132,11 +138,6 @@ class Metrics:
             "Events sent to websocket subscribers.",
             self.events_sent_total,
         )
-        counter(
-            "emotion_engine_events_dropped_total",
-            "Events dropped for slow subscribers (announced by events.lost).",
-            self.events_dropped_total,
-        )
         for name, (help_text, read) in sorted(self.counters_fn.items()):
             counter(name, help_text, read())
         for name, (help_text, label, read_all) in sorted(self.labelled_fns.items()):
@@ -152,6 +153,12 @@ class Metrics:
             "Connections refused, by reason.",
             "reason",
             self.rejected_connections_total,
+        )
+        labelled(
+            "emotion_engine_subscriber_disconnects_total",
+            "Event subscribers disconnected, by reason.",
+            "reason",
+            self.subscriber_disconnects_total,
         )
         lines.extend(
             self.processing_seconds.render(
