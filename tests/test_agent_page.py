@@ -12,6 +12,8 @@ engine must show up on it.
   ``since=`` and gets exactly what it missed (no loss notice, with a replay buffer too
   small for a full replay), and when the buffer cannot cover the gap the page says so
   and rebuilds the cue from the detector state in later updates.
+- Restarts: a new engine on the same port numbers its events from 1 again under a new
+  epoch; the page notices, ends the calls the old run left open and shows the new ones.
 """
 
 from __future__ import annotations
@@ -327,3 +329,73 @@ def test_reconnect_uses_since_and_reports_lost_events(
     assert "Customer frustration rising" in facts["cue"]
     assert "agent agent-7" in facts["agent"]
     assert json.dumps(facts)  # plain data only
+
+
+def test_engine_restart_is_detected_and_the_page_follows_the_new_run(
+    model: EmotionModel, chromium: str, tmp_path: Path
+) -> None:
+    """The engine stops without the page seeing its calls end (as after a crash) and a
+    new one starts on the same port: seqs begin again at 1 under a new epoch. The page
+    must show the new run's calls (it used to drop every seq at or below the last one
+    it saw) and end the calls the old run left open."""
+    events = synthetic_events()
+    errors: list[str] = []
+
+    async def until_seq(page: Page, seq: int) -> None:
+        for _ in range(400):
+            if await last_seq(page) == seq:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"page stuck at seq {await last_seq(page)}, expected {seq}")
+
+    def later_call(call_id: str) -> list[Event]:
+        tracker = PartyTracker(call_id=call_id, party="customer", labels=("neutral", "angry"))
+        out = tracker.start(t=0.0, info={"protocol": "test"})
+        for k in range(1, 4):
+            probs = {"neutral": 0.9, "angry": 0.1}
+            out += tracker.update(
+                EmotionScores(call_id, "customer", 0.5 * k, probs, 0.3, 0.6, True)
+            )
+        return out
+
+    async def scenario() -> dict[str, Any]:
+        facts: dict[str, Any] = {}
+        first, second = EventHub(), EventHub()
+        async with browser_page(chromium, errors) as page:
+            async with running(model, LOOPBACK, hub=first) as server:
+                port = server.addresses.port  # type: ignore[union-attr]
+                await page.goto(server.addresses.urls()["agent_assist"])  # type: ignore[union-attr]
+                await page.locator('#status[data-state="live"]').wait_for(timeout=10_000)
+                for e in events[:30]:  # a call in progress, seq 1..30
+                    first.publish(e)
+                await until_seq(page, first.last_seq)
+                facts["old_epoch"] = await page.evaluate("document.body.dataset.epoch")
+            async with running(model, replace(LOOPBACK, port=port), hub=second):
+                for e in later_call("before-reconnect"):  # replayed after the resync
+                    second.publish(e)
+                await page.locator('tr[data-call-id="before-reconnect"]').wait_for(timeout=20_000)
+                await page.locator('#status[data-state="live"]').wait_for(timeout=10_000)
+                for e in later_call("after-reconnect"):  # live
+                    second.publish(e)
+                await until_seq(page, second.last_seq)
+                await page.locator('tr[data-call-id="after-reconnect"]').wait_for(timeout=20_000)
+                facts["epoch"] = await page.evaluate("document.body.dataset.epoch")
+                facts["old_row"] = await page.locator('tr[data-call-id="replay-call"]').inner_text()
+                facts["new_row"] = await page.locator(
+                    'tr[data-call-id="after-reconnect"]'
+                ).inner_text()
+                facts["notice"] = await page.locator("#notice").inner_text()
+                await page.screenshot(
+                    path=str(tmp_path / "agent_assist_restart.png"), full_page=True
+                )
+        facts["epochs"] = (first.epoch, second.epoch, second.last_seq, first.last_seq)
+        return facts
+
+    facts = run(scenario())
+    assert not errors, errors
+    old, new, new_last, old_last = facts["epochs"]
+    assert new_last < old_last  # the new run's seqs are all below what the page had seen
+    assert facts["old_epoch"] == old and facts["epoch"] == new
+    assert "Ended (engine restarted)" in facts["old_row"], facts["old_row"]
+    assert "Active" in facts["new_row"], facts["new_row"]
+    assert "The engine restarted; 1 call open before it is shown as ended" in facts["notice"]

@@ -2,7 +2,9 @@
 // No framework and no build step: the server ships this file as it is.
 //
 // State is kept per call and party from the events alone, so a page opened mid-call
-// (or after a reconnect with ?since=SEQ) rebuilds itself from the server's replay.
+// (or after a reconnect with ?since=SEQ&epoch=EPOCH) rebuilds itself from the server's
+// replay. Seqs count from 1 again when the engine restarts (a new epoch): the page then
+// ends the calls it still showed open, forgets the old seqs and follows the new ones.
 'use strict';
 
 (() => {
@@ -59,7 +61,9 @@
     calls: new Map(),
     selected: callFilter,
     pinned: Boolean(callFilter), // a click (or ?call_id) stops automatic selection
-    lastSeq: 0,
+    lastSeq: 0, // of state.epoch
+    epoch: null, // the engine's stream id; a new one means it restarted
+    arrivals: 0, // events handled by this page, across restarts: orders the call list
     everOpen: false,
   };
 
@@ -107,7 +111,7 @@
     let call = state.calls.get(id);
     if (!call) {
       call = { id, parties: new Map(), hints: [], agent: null, source: null, lastT: 0,
-        order: state.lastSeq, ended: false, row: null };
+        order: state.arrivals, ended: false, row: null };
       state.calls.set(id, call);
     }
     return call;
@@ -217,7 +221,7 @@
         p.endT = e.t;
         call.ended = [...call.parties.values()].every((q) => q.summary !== null);
         if (call.ended) {
-          call.order = state.lastSeq;
+          call.order = state.arrivals;
           pruneEnded();
         }
         break;
@@ -263,6 +267,8 @@
     // since=0 on the first connection: the server replays what it still holds, so
     // calls in progress show at once; afterwards, exactly what this page missed.
     url.searchParams.set('since', String(state.lastSeq));
+    // the epoch of that seq: if the engine restarted since, it says so (events.resync)
+    if (state.epoch) url.searchParams.set('epoch', state.epoch);
     return url.toString();
   }
 
@@ -299,6 +305,12 @@
   }
 
   function handle(ws, e) {
+    if (e.type === 'events.resync') {
+      // since= named a seq of an earlier engine run: the replay of this one follows
+      newEpoch(e.epoch);
+      return;
+    }
+    if (typeof e.epoch === 'string' && e.epoch !== state.epoch) newEpoch(e.epoch);
     if (e.type === 'events.lost') {
       onLost(ws, e);
       return;
@@ -308,7 +320,33 @@
       if (e.seq <= state.lastSeq) return; // already seen (overlapping replay)
       state.lastSeq = e.seq;
     }
+    state.arrivals += 1;
     onEvent(e);
+    scheduleRender();
+  }
+
+  function newEpoch(epoch) {
+    const restarted = state.epoch !== null && epoch !== state.epoch;
+    state.epoch = epoch;
+    document.body.dataset.epoch = epoch || '';
+    if (!restarted) return;
+    // The engine restarted: its seqs start again at 1, and calls it had open are gone
+    // from it (a call that goes on arrives again with a new call.start).
+    state.lastSeq = 0;
+    let closed = 0;
+    for (const call of state.calls.values()) {
+      if (call.ended) continue;
+      for (const p of call.parties.values()) {
+        if (p.summary !== null) continue;
+        for (const emotion of [...p.spikes.keys()]) endSpike(call, p, emotion, { t: p.lastT });
+        Object.assign(p, { summary: {}, endReason: 'engine restarted', endT: p.lastT });
+      }
+      call.ended = true;
+      call.order = ++state.arrivals;
+      closed += 1;
+    }
+    pruneEnded();
+    showNotice(`The engine restarted${closed ? `; ${closed} call${closed > 1 ? 's' : ''} open before it ${closed > 1 ? 'are' : 'is'} shown as ended` : ''}. Following the calls since the restart.`);
     scheduleRender();
   }
 
@@ -650,7 +688,8 @@
     dom.summary.dataset.drawn = String(p.endT);
     const rows = [];
     const row = (term, text) => rows.push(el('dt', { text: term }), el('dd', { text }));
-    row('Ended', `${p.endReason} at ${clock(p.endT)} \u00b7 ${Math.round(s.speech_s || 0)} s of speech in ${Math.round(s.duration_s || 0)} s`);
+    row('Ended', s.duration_s == null ? `${p.endReason} at ${clock(p.endT)}`
+      : `${p.endReason} at ${clock(p.endT)} \u00b7 ${Math.round(s.speech_s || 0)} s of speech in ${Math.round(s.duration_s)} s`);
     if (s.peak) {
       row('Worst moment (peak)', `${s.peak.emotion} ${s.peak.score.toFixed(2)} at ${clock(s.peak.t)} \u00b7 valence ${signed(s.peak.valence)}`);
     }
