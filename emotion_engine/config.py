@@ -42,6 +42,25 @@ SUPPORTED_INPUT_RATES_HZ: tuple[int, ...] = (
 
 PARTIES: tuple[str, ...] = ("customer", "agent")
 
+# Identifiers and numbers from the wire: every ingest path checks them against these
+# (emotion_engine.ingest.base: call_id_problem, bounded_info, wire_int), so a peer
+# cannot make every event, log line and cache entry carry a megabyte.
+MAX_CALL_ID_CHARS = 128
+"""Call ids (and session ids): 1-128 printable characters, no control characters."""
+
+MAX_META_TEXT_CHARS = 256
+"""One metadata string of a leg (display names, AudioHook participant fields, Twilio
+customParameters, L16 metadata): longer ones are cut to this, with a violation."""
+
+MAX_META_BYTES = 8192
+"""A leg's metadata (``call.start`` info) as JSON; items past it are dropped."""
+
+MAX_META_DEPTH = 4
+"""Nesting of metadata objects and lists kept in ``call.start`` info."""
+
+MAX_STREAM_S = 7 * 86_400
+"""A media timestamp or stream position beyond a week is refused as corrupt."""
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureParams:
@@ -168,6 +187,9 @@ class ServeParams:
     audiosocket_port: int = 9092  # TCP; -1 disables
     model: str = ""  # empty: the shipped model
     token: str = ""  # bearer token for subscribers and ingest; empty: loopback only
+    # bearer token for /v1/control (naming and ending RTP legs); the token above is not
+    # accepted there. Empty: /v1/control is closed when a token is set (open without one)
+    control_token: str = ""
     audiohook_api_key: str = ""  # X-API-KEY expected from Genesys AudioHook; empty: token
     tls_cert: str = ""
     tls_key: str = ""

@@ -84,6 +84,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="bearer token required from subscribers and ingest (env EMOTION_ENGINE_TOKEN)",
     )
     parser.add_argument(
+        "--control-token",
+        default=None,
+        help="bearer token for /v1/control, which names and ends RTP legs; the --token "
+        "is not accepted there, and with --token set and no control token /v1/control "
+        "is closed (env EMOTION_ENGINE_CONTROL_TOKEN)",
+    )
+    parser.add_argument(
         "--audiohook-api-key",
         default=None,
         help="X-API-KEY expected from Genesys AudioHook (default: the token)",
@@ -205,6 +212,7 @@ def params_from_args(args: argparse.Namespace) -> ServeParams:
         "model": args.model,
         "detector": args.detector,
         "token": args.token,
+        "control_token": args.control_token,
         "audiohook_api_key": args.audiohook_api_key,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,

@@ -20,6 +20,14 @@ is on; routing rules (``emotion_engine.routing``) add ``route.hint`` events.
 Authentication: with a token configured, websockets need ``Authorization: Bearer
 TOKEN`` (or ``?token=TOKEN`` for browsers, which cannot set headers); AudioHook
 presents ``X-API-KEY``. Without a token the server refuses any non-loopback host.
+``/v1/control`` (which names and ends RTP legs) takes only ``control_token``: with a
+token set and no control token it is closed (403), so a media or subscriber token
+cannot end anybody's call.
+
+Call ids belong to the session that opened them (:meth:`EngineService.submit`): a
+second session opening a call id that is open is refused with its protocol's error
+(websocket close 1008, AudioHook ``disconnect``, AudioSocket hang-up), and the open
+call is untouched.
 """
 
 from __future__ import annotations
@@ -55,7 +63,15 @@ from emotion_engine.engine.service import EngineService
 from emotion_engine.errors import ConfigError, ServeError
 from emotion_engine.ingest.audiohook import AudioHookSession
 from emotion_engine.ingest.audiosocket import AudioSocketSession
-from emotion_engine.ingest.base import Close, IngestOutput, ProtocolViolation, Reply
+from emotion_engine.ingest.base import (
+    Close,
+    IngestOutput,
+    ProtocolViolation,
+    Reply,
+    call_id_problem,
+    clip,
+    wire_int,
+)
 from emotion_engine.ingest.guard import (
     RateLimitedLog,
     SourceAllowList,
@@ -109,6 +125,21 @@ class _MediaSession(Protocol):
     def receive_text(self, text: str) -> list[IngestOutput]: ...
     def receive_bytes(self, data: bytes) -> list[IngestOutput]: ...
     def connection_lost(self) -> list[IngestOutput]: ...
+    def refuse(self, reason: str) -> list[IngestOutput]: ...
+    def __hash__(self) -> int: ...  # the session owns its call id (EngineService.submit)
+
+
+def refusal_reason(service: EngineService, refused: list[str]) -> str:
+    """What a refused session is told (a close reason: short, no peer text)."""
+    if any(service.owner_source(call_id) is not None for call_id in refused):
+        return "call id already open in another session"
+    return "call id refused (see the identifier limits)"
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a websocket close frame carries (123 bytes of UTF-8)."""
+    data = text.encode("utf-8")
+    return text if len(data) <= 123 else data[:120].decode("utf-8", "ignore") + "..."
 
 
 def media_host(params: ServeParams) -> str:
@@ -440,7 +471,7 @@ class _AudioSocketProtocol(asyncio.Protocol):
             f"{self.guard.idle_timeout_s:g} s: closed",
             self._loop.time(),
         )
-        self.service.submit(self.core.timed_out(), source="audiosocket")
+        self.service.submit(self.core.timed_out(), source="audiosocket", owner=self.core)
         if self.transport is not None:
             self.transport.close()
 
@@ -454,8 +485,15 @@ class _AudioSocketProtocol(asyncio.Protocol):
             log.exception("audiosocket: input could not be handled; closing")
             self.service.metrics.protocol_error("audiosocket")
             outputs = [*self.core.connection_lost(), Close(1011, "internal error")]
-        self.service.submit(outputs, source="audiosocket")
-        if any(isinstance(o, Close) for o in outputs) and self.transport is not None:
+        refused = self.service.submit(outputs, source="audiosocket", owner=self.core)
+        if refused:  # another session holds the call id: hang up on this one
+            outputs = self.core.refuse(refusal_reason(self.service, refused))
+        if self.transport is None:
+            return
+        for out in outputs:
+            if isinstance(out, Reply) and isinstance(out.data, bytes):
+                self.transport.write(out.data)
+        if any(isinstance(o, Close) for o in outputs):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -466,7 +504,8 @@ class _AudioSocketProtocol(asyncio.Protocol):
             self._idle = None
         self.guard.release(self._host)
         self._host = None
-        self.service.submit(self.core.connection_lost(), source="audiosocket")
+        self.service.submit(self.core.connection_lost(), source="audiosocket", owner=self.core)
+        self.service.release(self.core)
 
 
 class EngineServer:
@@ -478,6 +517,8 @@ class EngineServer:
                 f"refusing to listen on {params.host} without a token: set --token, "
                 "EMOTION_ENGINE_TOKEN or 'token' in the config file (or use 127.0.0.1)"
             )
+        if params.control_token and hmac.compare_digest(params.control_token, params.token):
+            raise ConfigError("--control-token must differ from --token (it scopes /v1/control)")
         if bool(params.tls_cert) != bool(params.tls_key):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         self.params = params
@@ -735,8 +776,10 @@ class EngineServer:
 
     # -- HTTP and auth --------------------------------------------------------------
 
-    def _authorized(self, request: Request) -> bool:
-        token = self.params.token
+    def _authorized(self, request: Request, *, control: bool = False) -> bool:
+        token = self.params.control_token if control else self.params.token
+        if control and not token:
+            return not self.params.token  # no tokens at all: loopback only, open
         if not token:
             return True
         header = request.headers.get("Authorization", "")
@@ -776,7 +819,14 @@ class EngineServer:
             return self._reject(connection, http.HTTPStatus.NOT_FOUND, f"no such path {path}")
         if path == "/v1/media/audiohook" and self._audiohook_key():
             return None  # AudioHook authenticates with X-API-KEY in its own core
-        if not self._authorized(request):
+        if path == "/v1/control" and not self._authorized(request, control=True):
+            why = (
+                "missing or wrong control token"
+                if self.params.control_token
+                else "control is off: start serve with --control-token to use /v1/control"
+            )
+            return self._reject(connection, http.HTTPStatus.FORBIDDEN, why)
+        if path != "/v1/control" and not self._authorized(request):
             return self._reject(
                 connection, http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token"
             )
@@ -929,21 +979,30 @@ class EngineServer:
                     outputs = session.receive_text(message)
                 else:
                     outputs = session.receive_bytes(message)
-                if await self._deliver(ws, outputs, source):
+                if await self._deliver(ws, outputs, source, session):
                     return
         finally:
-            self.service.submit(session.connection_lost(), source=source)
+            self.service.submit(session.connection_lost(), source=source, owner=session)
+            self.service.release(session)
 
     async def _deliver(
-        self, ws: ServerConnection, outputs: list[IngestOutput], source: str
+        self,
+        ws: ServerConnection,
+        outputs: list[IngestOutput],
+        source: str,
+        session: _MediaSession,
     ) -> bool:
-        """Submit outputs; send replies; returns True when the session must close."""
-        self.service.submit(outputs, source=source)
+        """Submit outputs; send replies; returns True when the session must close.
+        A session whose call id the engine refuses gets its protocol's refusal."""
+        refused = self.service.submit(outputs, source=source, owner=session)
+        if refused:
+            replies = [o for o in outputs if isinstance(o, Reply | Close)]
+            outputs = replies + session.refuse(refusal_reason(self.service, refused))
         for out in outputs:
             if isinstance(out, Reply):
                 await ws.send(out.data)
             elif isinstance(out, Close):
-                await ws.close(out.code, out.reason)
+                await ws.close(out.code, close_reason(out.reason))
                 return True
         return False
 
@@ -959,38 +1018,81 @@ class EngineServer:
         assert ws.request is not None
         session = AudioHookSession(api_key=self._audiohook_key())
         headers = {k: v for k, v in ws.request.headers.raw_items()}
-        if await self._deliver(ws, session.authenticate(headers), "audiohook"):
+        if await self._deliver(ws, session.authenticate(headers), "audiohook", session):
             return
         await self._media(ws, session, "audiohook")
 
     async def _control(self, ws: ServerConnection) -> None:
         """JSON commands. ``{"action": "name_rtp_leg", "remote": "HOST:PORT", "ssrc": N,
         "call_id": "...", "party": "customer"}`` names an RTP leg (before or after its
-        first packet); ``{"action": "end_rtp_leg", "remote": ..., "ssrc": N}`` ends it."""
+        first packet); ``{"action": "end_rtp_leg", "remote": ..., "ssrc": N}`` ends it.
+        Each gets ``{"ok": true, "error": null}`` or ``{"ok": false, "status": CODE,
+        "error": "..."}``: 400 for a bad command, 404 for a leg that is not open, 409
+        for a call id another session holds."""
         async for message in ws:
             try:
-                cmd = json.loads(message)
-                host, _, port = str(cmd["remote"]).rpartition(":")
-                addr = (host, int(port))
-                ssrc = int(cmd["ssrc"])
-                if cmd.get("action") == "name_rtp_leg":
-                    outputs = self.rtp.name_leg(
-                        addr,
-                        ssrc,
-                        str(cmd["call_id"]),
-                        str(cmd.get("party", self.params.rtp_party)),
-                    )
-                elif cmd.get("action") == "end_rtp_leg":
-                    outputs = self.rtp.end_leg(addr, ssrc, str(cmd.get("reason", "hangup")))
-                else:
-                    raise ValueError(f"unknown action {cmd.get('action')!r}")
-            except (ValueError, KeyError, TypeError) as exc:
+                outputs = self._control_command(message)
+            except _ControlError as exc:
                 self.service.metrics.protocol_error("control")
-                await ws.send(json.dumps({"ok": False, "error": f"bad control message: {exc}"}))
+                await ws.send(json.dumps({"ok": False, "status": exc.status, "error": str(exc)}))
                 continue
-            self.service.submit(outputs or [], source="rtp")
-            errors = [o.message for o in outputs or [] if isinstance(o, ProtocolViolation)]
-            await ws.send(json.dumps({"ok": not errors, "error": "; ".join(errors) or None}))
+            refused = self.service.submit(outputs, source="rtp")
+            errors = [o.message for o in outputs if isinstance(o, ProtocolViolation)]
+            if refused:
+                errors.append(refusal_reason(self.service, refused))
+            reply: dict[str, Any] = {"ok": not errors, "error": "; ".join(errors) or None}
+            if errors:
+                reply["status"] = 409 if refused else 400
+            await ws.send(json.dumps(reply))
+
+    def _control_command(self, message: str | bytes) -> list[IngestOutput]:
+        """One control message -> what the RTP core made of it; _ControlError otherwise."""
+        try:
+            cmd = json.loads(message)
+        except ValueError as exc:
+            raise _ControlError(400, f"bad control message: not JSON ({exc})") from exc
+        if not isinstance(cmd, dict):
+            raise _ControlError(400, "bad control message: not a JSON object")
+        action = cmd.get("action")
+        if action not in ("name_rtp_leg", "end_rtp_leg"):
+            raise _ControlError(
+                400, f"unknown action {clip(action)} (known: name_rtp_leg, end_rtp_leg)"
+            )
+        host, _, port_text = str(cmd.get("remote", ""))[:64].rpartition(":")
+        port = wire_int(port_text, lo=1, hi=65535)
+        ssrc = wire_int(cmd.get("ssrc"), lo=0, hi=2**32 - 1)
+        if not host or port is None:
+            raise _ControlError(400, f"remote {clip(cmd.get('remote'))} is not HOST:PORT")
+        if ssrc is None:
+            raise _ControlError(400, f"ssrc {clip(cmd.get('ssrc'))} is not 0 to 2**32-1")
+        addr = (host.strip("[]"), port)
+        if action == "end_rtp_leg":
+            reason = cmd.get("reason", "hangup")
+            if call_id_problem(reason, what="reason") is not None or len(reason) > 32:
+                raise _ControlError(400, f"reason {clip(reason)} is not a short word")
+            outputs = self.rtp.end_leg(addr, ssrc, reason)
+            if not outputs:
+                raise _ControlError(404, f"no RTP leg open from {host}:{port} with ssrc {ssrc}")
+            return outputs
+        call_id = cmd.get("call_id")
+        party = cmd.get("party", self.params.rtp_party)
+        problem = call_id_problem(call_id)
+        if problem is not None or not isinstance(call_id, str):
+            raise _ControlError(400, problem or "call_id is not a string")
+        if party not in PARTIES:
+            raise _ControlError(400, f"party {clip(party)} is not one of {', '.join(PARTIES)}")
+        holder = self.service.owner_source(call_id)
+        if holder is not None and holder != "rtp":
+            raise _ControlError(409, f"call id {clip(call_id)} is open from {holder}")
+        return self.rtp.name_leg(addr, ssrc, call_id, party)
+
+
+class _ControlError(Exception):
+    """A control command that cannot be carried out; ``status`` is HTTP-like."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 _PORT_CHOICES: dict[str, str] = {

@@ -222,6 +222,7 @@ class SipServer:
         self._next_port = 0
         self._local_cache: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._bugs_logged: set[str] = set()
         self._answered = asyncio.Event()  # set while no BYE of the engine awaits its answer
         # each stream's audio is held per leg and handed over once per engine tick
         service.add_source(self._take_audio, source=SOURCE)
@@ -287,9 +288,11 @@ class SipServer:
         loop = asyncio.get_running_loop()
         try:
             outputs = self.core.receive(data, peer, loop.time(), local=self._local_for(peer))
-        except Exception:  # the core answers 500 itself; this is the last line of defence
-            log.exception("sip: message from %s could not be handled", peer)
-            self.service.metrics.protocol_error(SOURCE)
+        except Exception as exc:  # the core answers 500 itself; this is the last line of defence
+            if exc.__class__.__name__ not in self._bugs_logged:  # one traceback per kind
+                self._bugs_logged.add(exc.__class__.__name__)
+                log.exception("sip: message from %s could not be handled", peer)
+            self.service.violation(SOURCE, f"message from {peer} could not be handled: {exc!r}")
             return
         self._handle(outputs)
 

@@ -13,6 +13,21 @@ other party is dropped in :meth:`EngineService.submit`, before it is queued, so 
 never featurised, scored or published. ``EngineServer`` sets this from
 ``ServeParams.analyze_agent`` (off by default: customer only).
 
+Call ids belong to the session that opened them: :meth:`EngineService.submit` takes
+an ``owner`` (the ingest session object; by default the ``source``, so all RTP legs of
+``serve``'s port share one owner, as do all SIP calls). A leg opened under a call id
+that another owner holds is refused: :meth:`submit` returns the call id, the adapter
+ends its session with the protocol's own error (:meth:`~EngineService.submit` logs the
+refusal once and counts it in ``emotion_engine_call_id_collisions_total``), and
+everything that owner sends for that call id afterwards is dropped, so the open call
+keeps streaming, its events continue and only its own hang-up ends it. A call id that
+breaks the identifier limits (``ingest.base.call_id_problem``) is refused the same
+way, and every leg's ``info`` is cut to the metadata limits (``ingest.base.bounded_info``).
+
+Protocol violations are logged at most once per ``VIOLATION_LOG_INTERVAL_S`` for each
+source and cause (its ``cause``, else the message with its numbers and quoted values
+taken out), with the count of those not logged; every one is counted in ``/metrics``.
+
 Failures stay local: a bad command (unknown leg, unsupported rate, a chunk that is
 not int16) is logged and counted; a leg whose processing raises is ended with a
 ``call.end`` whose reason is ``error``; the service and the other legs go on.
@@ -21,10 +36,12 @@ not int16) is logged and counted; a leg whose processing raises is ended with a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +50,16 @@ from emotion_engine.config import PARTIES
 from emotion_engine.engine.pipeline import Engine
 from emotion_engine.errors import EngineError
 from emotion_engine.frames import AudioChunk
-from emotion_engine.ingest.base import Dtmf, IngestOutput, LegEnded, LegStarted, ProtocolViolation
+from emotion_engine.ingest.base import (
+    Dtmf,
+    IngestOutput,
+    LegEnded,
+    LegStarted,
+    ProtocolViolation,
+    bounded_info,
+    call_id_problem,
+    clip,
+)
 from emotion_engine.ingest.guard import RateLimitedLog
 from emotion_engine.publish.events import Event
 from emotion_engine.publish.hub import EventHub
@@ -43,6 +69,22 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TICK_S = 0.1
 VIOLATION_LOG_INTERVAL_S = 10.0
+_CAUSE_VARIABLE = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
+
+
+def violation_cause(message: str) -> str:
+    """``message`` without what varies between datagrams (quoted values, numbers,
+    addresses), so equal causes share one key for the rate-limited log."""
+    return _CAUSE_VARIABLE.sub("#", message[:200])
+
+
+@dataclass(slots=True)
+class _Claim:
+    """Who holds a call id, and which of its parties are open."""
+
+    owner: Hashable
+    source: str
+    parties: set[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +137,18 @@ class EngineService:
         self._warned: set[tuple[str, str]] = set()
         # A flood of bad packets logs one line per cause per interval, with a count.
         self.violations_log = RateLimitedLog(log, interval_s=VIOLATION_LOG_INTERVAL_S)
+        # --- call-id ownership and bounded identifiers (issue 15) ---
+        self._claims: dict[str, _Claim] = {}
+        self._claimed_by: dict[Hashable, set[str]] = {}  # owner -> call ids it holds
+        self._refused: set[tuple[Hashable, str]] = set()  # (owner, call id) refused
+        self.call_id_collisions: dict[str, int] = {}  # by source
+        self.metrics.labelled_counter_fn(
+            "emotion_engine_call_id_collisions_total",
+            "Legs refused because another session holds their call id, by source.",
+            "source",
+            lambda: self.call_id_collisions,
+        )
+        # --- end call-id ownership ---
         self.active_legs = 0
         self.metrics.gauge(
             "emotion_engine_legs_active",
@@ -121,10 +175,36 @@ class EngineService:
 
     # -- called on the event loop by ingest adapters ---------------------------------
 
-    def submit(self, outputs: Iterable[IngestOutput], *, source: str) -> None:
+    def submit(
+        self, outputs: Iterable[IngestOutput], *, source: str, owner: Hashable = None
+    ) -> list[str]:
         """Queue what an ingest core produced. Replies and closes are the adapter's job.
-        Legs, audio and ends of a party not in :attr:`parties` are dropped here."""
+
+        ``owner``: the session the outputs come from (default: ``source``). Returns the
+        call ids refused in these outputs, each once: held by another owner, or not a
+        valid call id. The adapter should end that session with its protocol's error;
+        whatever ``owner`` sends for a refused call id is dropped here until
+        :meth:`release`. Legs, audio and ends of a party not in :attr:`parties` are
+        dropped here too."""
+        owner = source if owner is None else owner
+        refused: list[str] = []
         for out in outputs:
+            if isinstance(out, AudioChunk | LegStarted | LegEnded | Dtmf):
+                if isinstance(out, LegStarted):
+                    checked = self._claim(out, source, owner)
+                    if checked is None:
+                        if out.call_id not in refused:
+                            refused.append(out.call_id)
+                        continue
+                    out = checked
+                elif (owner, out.call_id) in self._refused:
+                    if isinstance(out, LegEnded):  # the refused leg is over
+                        self._refused.discard((owner, out.call_id))
+                    continue  # a refused session's audio, ends and digits go nowhere
+                elif not self._holds(owner, out.call_id):
+                    continue
+                elif isinstance(out, LegEnded):
+                    self._unclaim(owner, out.call_id, out.party)
             if (
                 isinstance(out, AudioChunk | LegStarted | LegEnded)
                 and out.party not in self.parties
@@ -148,12 +228,7 @@ class EngineService:
             elif isinstance(out, LegEnded):
                 self._commands.append(_Close(out))
             elif isinstance(out, ProtocolViolation):
-                self.metrics.protocol_error(source)
-                self.violations_log.log(
-                    f"{source}/{out.cause or out.message}",
-                    f"{source}: {out.message}",
-                    time.monotonic(),
-                )
+                self.violation(source, out.message, out.cause)
             elif isinstance(out, Dtmf):
                 log.info(
                     "%s: DTMF %s on %s/%s at %.2f s",
@@ -163,6 +238,82 @@ class EngineService:
                     out.party,
                     out.t,
                 )
+        return refused
+
+    def violation(self, source: str, message: str, cause: str = "") -> None:
+        """Count a protocol violation of ``source`` and log it, at most one line per
+        source and cause every ``VIOLATION_LOG_INTERVAL_S`` (the next line says how many
+        were left out). ``cause``: a fixed name; empty: the message without its quoted
+        values and numbers (:func:`violation_cause`), so one malformed header from many
+        peers and ports is still one cause."""
+        self.metrics.protocol_error(source)
+        self.violations_log.log(
+            f"{source}/{cause or violation_cause(message)}",
+            f"{source}: {message}",
+            time.monotonic(),
+        )
+
+    def owner_source(self, call_id: str) -> str | None:
+        """The source of the session holding ``call_id``, or None when it is free."""
+        claim = self._claims.get(call_id)
+        return claim.source if claim is not None else None
+
+    def release(self, owner: Hashable) -> None:
+        """``owner`` is gone (its connection closed): every call id it holds is free,
+        and its refusals are forgotten. Its legs must have been ended already."""
+        for call_id in self._claimed_by.pop(owner, set()):
+            claim = self._claims.get(call_id)
+            if claim is not None and claim.owner == owner:
+                del self._claims[call_id]
+        self._refused = {r for r in self._refused if r[0] != owner}
+
+    def _claim(self, out: LegStarted, source: str, owner: Hashable) -> LegStarted | None:
+        """``out`` within the identifier limits when ``owner`` may open it, else None
+        (refused: logged once and counted)."""
+        problem = call_id_problem(out.call_id)
+        if problem is not None:
+            self._refused.add((owner, out.call_id))
+            self.violation(source, f"leg refused: {problem}")
+            return None
+        claim = self._claims.get(out.call_id)
+        if claim is not None and claim.owner != owner:
+            if (owner, out.call_id) not in self._refused:
+                self._refused.add((owner, out.call_id))
+                self.call_id_collisions[source] = self.call_id_collisions.get(source, 0) + 1
+                log.warning(
+                    "%s: call id %s is already open from %s; this session is refused, "
+                    "the open call goes on",
+                    source,
+                    clip(out.call_id),
+                    claim.source,
+                )
+            return None
+        if claim is None:
+            claim = self._claims[out.call_id] = _Claim(owner, source, set())
+            self._claimed_by.setdefault(owner, set()).add(out.call_id)
+        claim.parties.add(out.party)
+        info, problems = bounded_info(out.info)
+        for problem in problems:
+            self.violation(source, f"call {clip(out.call_id)} {problem}")
+        return dataclasses.replace(out, info=info) if problems else out
+
+    def _holds(self, owner: Hashable, call_id: str) -> bool:
+        """Whether outputs of ``owner`` for ``call_id`` may pass."""
+        claim = self._claims.get(call_id)
+        return claim is None or claim.owner == owner
+
+    def _unclaim(self, owner: Hashable, call_id: str, party: str) -> None:
+        claim = self._claims.get(call_id)
+        if claim is None or claim.owner != owner:
+            return
+        claim.parties.discard(party)
+        if not claim.parties:
+            del self._claims[call_id]
+            held = self._claimed_by.get(owner)
+            if held is not None:
+                held.discard(call_id)
+                if not held:
+                    del self._claimed_by[owner]
 
     def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """Call ``listener`` with every published event (console cues, tests)."""

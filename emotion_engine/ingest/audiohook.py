@@ -71,6 +71,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from emotion_engine.audio.g711 import ulaw_decode
+from emotion_engine.config import MAX_STREAM_S
 from emotion_engine.errors import ConfigError
 from emotion_engine.frames import AudioChunk
 from emotion_engine.ingest.base import (
@@ -80,6 +81,8 @@ from emotion_engine.ingest.base import (
     LegStarted,
     ProtocolViolation,
     Reply,
+    call_id_problem,
+    clip,
     loads_json,
 )
 
@@ -97,6 +100,7 @@ _CLIENT_TYPES: Final = frozenset(
     {"open", "close", "ping", "paused", "resumed", "discarded", "update", "error"}
 )
 _CLOSE_REASONS: Final = {"end": "hangup"}  # others keep their wire name
+_MAX_SEQ: Final = 2**53  # a client seq or serverseq past this is corrupt
 _DURATION_RE: Final = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?"
     r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
@@ -104,7 +108,11 @@ _DURATION_RE: Final = re.compile(
 
 
 def parse_duration(text: str) -> float | None:
-    """ISO 8601 duration (``PT1.23S``, ``PT2M3S``, ``P0D``) -> seconds, or None if malformed."""
+    """ISO 8601 duration (``PT1.23S``, ``PT2M3S``, ``P0D``) -> seconds, or None if
+    malformed or longer than ``MAX_STREAM_S`` (a stream position past a week is corrupt,
+    and ``PT`` with 400 digits would be infinite)."""
+    if len(text) > 64:
+        return None
     match = _DURATION_RE.match(text)
     if match is None or text in ("P", "PT") or text.endswith("T"):
         return None
@@ -113,7 +121,8 @@ def parse_duration(text: str) -> float | None:
     for key, scale in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
         if parts[key] is not None:
             seconds += float(parts[key]) * scale
-    return seconds if math.isfinite(seconds) else None  # "PT1e400S" is not a duration
+    # "PT1e400S" is not a duration, nor is a stream position past a week
+    return seconds if math.isfinite(seconds) and seconds <= MAX_STREAM_S else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +184,8 @@ class AudioHookSession:
         lower = {k.lower(): v for k, v in headers.items()}
         self._header_org = lower.get("audiohook-organization-id")
         header_sid = lower.get("audiohook-session-id")
-        if self.session_id is None and header_sid:
-            self.session_id = header_sid
+        if self.session_id is None and header_sid and call_id_problem(header_sid) is None:
+            self.session_id = header_sid  # a bad one is caught with the first message's id
         if self._api_key is None:
             self._authorized = True
             return []
@@ -229,9 +238,12 @@ class AudioHookSession:
                 f"Invalid serverseq value {msg['serverseq']} (server seq is {self.seq})"
             )
         if self.session_id is None:
+            problem = call_id_problem(msg["id"], what="session id")
+            if problem is not None:
+                return self._client_error(f"Invalid session id: {problem}")
             self.session_id = msg["id"]
         elif msg["id"] != self.session_id:
-            return self._client_error(f"Session identifier mismatch: {msg['id']!r}")
+            return self._client_error(f"Session identifier mismatch: {clip(msg['id'])}")
         if mtype not in _CLIENT_TYPES:
             return self._client_error(f"'{mtype}' is not a supported client message")
 
@@ -254,12 +266,13 @@ class AudioHookSession:
             language = params.get("language")
             if isinstance(language, str):
                 self.language = language
-            logger.info("audiohook %s: update %s", self.session_id, params)
+            logger.info("audiohook %s: update %s", self.session_id, clip(params, 200))
             return []
         # "error": the client reports a problem; it follows up with a close transaction.
         return [
             ProtocolViolation(
-                f"audiohook: client error {params.get('code')!r}: {params.get('message')!r}"
+                f"audiohook: client error {clip(params.get('code'))}: "
+                f"{clip(params.get('message'), 200)}"
             )
         ]
 
@@ -318,6 +331,11 @@ class AudioHookSession:
             or not isinstance(offers, list)
         ):
             return self._client_error("Invalid Message: Invalid/missing 'open' parameters")
+        problem = call_id_problem(conversation, what="conversationId") or call_id_problem(
+            org, what="organizationId"
+        )
+        if problem is not None:
+            return self._client_error(f"Invalid Message: {problem}")
         if self._header_org is not None and org.lower() != self._header_org.lower():
             return self._disconnect(
                 "unauthorized",
@@ -335,7 +353,7 @@ class AudioHookSession:
         if chosen is None:
             out.append(
                 ProtocolViolation(
-                    f"audiohook: no acceptable media offer in {offers!r} "
+                    f"audiohook: no acceptable media offer in {clip(offers, 200)} "
                     f"(supported: {self._formats} at 8000 Hz); opened without media"
                 )
             )
@@ -386,8 +404,8 @@ class AudioHookSession:
         discarded = parse_duration(raw_discarded) if isinstance(raw_discarded, str) else None
         if start is None or discarded is None:
             return self._client_error(
-                f"Invalid Message: bad '{mtype}' parameters start={raw_start!r} "
-                f"discarded={raw_discarded!r}"
+                f"Invalid Message: bad '{mtype}' parameters start={clip(raw_start)} "
+                f"discarded={clip(raw_discarded)}"
             )
         # The client's position counts every sample it produced, sent or not: resume at
         # start + discarded (from our own count if the client's start lags it by rounding).
@@ -404,6 +422,13 @@ class AudioHookSession:
         self.state = "closed"
         out.append(Close(1000, "closed"))
         return out
+
+    def refuse(self, info: str) -> list[IngestOutput]:
+        """The engine refused this session's conversation (another session holds its
+        call id): the legs never opened, so nothing ends; ``disconnect`` (reason
+        ``error``) with ``info``, and the client runs its close transaction."""
+        self._legs_open = False
+        return self._disconnect("error", info)
 
     # ----------------------------------------------------------------- helpers
 
@@ -446,16 +471,16 @@ def _check_client_message(msg: object) -> str | None:
     if not isinstance(msg, dict):
         return "not a JSON object"
     if msg.get("version") != "2":
-        return f"version {msg.get('version')!r} is not '2'"
+        return f"version {clip(msg.get('version'))} is not '2'"
     for key in ("id", "type", "position"):
         if not isinstance(msg.get(key), str):
-            return f"{key} {msg.get(key)!r} is not a string"
+            return f"{key} {clip(msg.get(key))} is not a string"
     for key in ("seq", "serverseq"):
         value = msg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            return f"{key} {value!r} is not a non-negative integer"
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_SEQ:
+            return f"{key} {clip(value)} is not an integer from 0 to 2**53"
     if parse_duration(msg["position"]) is None:
-        return f"position {msg['position']!r} is not an ISO 8601 duration"
+        return f"position {clip(msg['position'])} is not an ISO 8601 duration up to a week"
     if not isinstance(msg.get("parameters"), dict):
-        return f"parameters {msg.get('parameters')!r} is not an object"
+        return f"parameters {clip(msg.get('parameters'))} is not an object"
     return None

@@ -55,6 +55,7 @@ from emotion_engine.ingest.base import (
     LegEnded,
     LegStarted,
     ProtocolViolation,
+    Reply,
 )
 
 __all__ = ["KIND_RATES", "AudioSocketProtocol", "AudioSocketSession", "Kind", "encode_message"]
@@ -257,6 +258,14 @@ class AudioSocketSession:
             out.append(AudioChunk(self.call_id, self.party, self.position_s, pcm, rate))
             self._samples += pcm.size
         return out
+
+    def refuse(self, reason: str) -> list[IngestOutput]:
+        """The engine refused this connection's call (another session holds its call
+        id): the leg never opened, so nothing ends; a hang-up message goes back to
+        Asterisk and the connection closes (``Close.reason`` is ``reason``)."""
+        self._closed = True
+        self._started = False
+        return [Reply(encode_message(Kind.HANGUP)), Close(1008, reason)]
 
     def _finish(self, reason: str) -> list[IngestOutput]:
         self._closed = True

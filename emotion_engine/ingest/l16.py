@@ -64,6 +64,9 @@ from emotion_engine.ingest.base import (
     LegEnded,
     LegStarted,
     ProtocolViolation,
+    bounded_info,
+    call_id_problem,
+    clip,
     loads_json,
     parse_decimal,
 )
@@ -220,19 +223,21 @@ class L16Session:
         rate, mix, problem = self._read_format(msg, self._default_rate, self._default_mix)
         if problem is not None:
             return self._fatal(problem, _CLOSE_UNSUPPORTED)
-        self.metadata = dict(msg)
         call_id = next(
             (msg[k] for k in _CALL_ID_KEYS if isinstance(msg.get(k), str) and msg[k]),
             self._fallback_call_id or str(uuid.uuid4()),
         )
+        problem = call_id_problem(call_id)
+        if problem is not None:
+            return self._fatal(f"l16: {problem}", _CLOSE_POLICY)
+        self.metadata, problems = bounded_info(msg)
         self.call_id = str(call_id)
         self.sample_rate, self.mix_type = rate, mix
         self._parties = self._stereo_parties if mix == "stereo" else (self._default_party,)
         self._open = True
         info = {"protocol": "l16", "mix_type": mix, "metadata": self.metadata}
-        out: list[IngestOutput] = [
-            LegStarted(self.call_id, party, rate, 0.0, info) for party in self._parties
-        ]
+        out: list[IngestOutput] = [ProtocolViolation(f"l16: metadata {p}") for p in problems]
+        out += [LegStarted(self.call_id, party, rate, 0.0, info) for party in self._parties]
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         for data in pending:
             out += self._audio(data)
@@ -249,8 +254,10 @@ class L16Session:
             out.append(ProtocolViolation(f"l16: format change refused ({reason})"))
         unknown = sorted(set(msg) - set(self.metadata))
         if unknown:
-            logger.info("l16 %s: metadata update adds %s", self.call_id, unknown)
-        self.metadata.update(msg)
+            logger.info("l16 %s: metadata update adds %s", self.call_id, clip(unknown))
+        # updates merge into what is kept, within the same bounds as the first frame
+        self.metadata, problems = bounded_info({**self.metadata, **msg})
+        out += [ProtocolViolation(f"l16: metadata update {p}") for p in problems]
         return out
 
     def _read_format(
@@ -265,17 +272,26 @@ class L16Session:
             if isinstance(content, str):
                 found = _CONTENT_RATE_RE.search(content)
                 if "l16" not in content.lower() or found is None:
-                    return rate_default, mix_default, f"l16: unsupported content-type {content!r}"
+                    return (
+                        rate_default,
+                        mix_default,
+                        f"l16: unsupported content-type {clip(content)}",
+                    )
                 rate = parse_decimal(found.group(1))
         if rate is None or rate not in SUPPORTED_INPUT_RATES_HZ:
             return (
                 rate_default,
                 mix_default,
-                f"l16: unsupported sample rate {raw_rate!r} (supported: {SUPPORTED_INPUT_RATES_HZ})",
+                f"l16: unsupported sample rate {clip(raw_rate)} "
+                f"(supported: {SUPPORTED_INPUT_RATES_HZ})",
             )
         mix = next((msg[k] for k in _MIX_KEYS if k in msg), mix_default)
         if mix not in MIX_TYPES:
-            return rate, mix_default, f"l16: unsupported mixType {mix!r} (supported: {MIX_TYPES})"
+            return (
+                rate,
+                mix_default,
+                f"l16: unsupported mixType {clip(mix)} (supported: {MIX_TYPES})",
+            )
         return rate, str(mix), None
 
     # ------------------------------------------------------------------- audio
@@ -306,8 +322,8 @@ class L16Session:
 
     def _on_dtmf(self, msg: Mapping[str, Any]) -> list[IngestOutput]:
         digit = msg.get("dtmf", msg.get("digit"))
-        if not isinstance(digit, str) or not digit:
-            return [ProtocolViolation(f"l16: DTMF event without a digit: {dict(msg)!r}")]
+        if not isinstance(digit, str) or len(digit) != 1:
+            return [ProtocolViolation(f"l16: DTMF event without a digit: {clip(dict(msg))}")]
         if not self.started or self.call_id is None:
             return [ProtocolViolation("l16: DTMF before the metadata; dropped")]
         assert self.sample_rate is not None
@@ -315,6 +331,13 @@ class L16Session:
         return [Dtmf(self.call_id, self._parties[0], digit, self._samples / self.sample_rate)]
 
     # ----------------------------------------------------------------- endings
+
+    def refuse(self, reason: str) -> list[IngestOutput]:
+        """The engine refused this stream's call id (another session holds it): its
+        legs never opened, so nothing ends; close with 1008 and ``reason``."""
+        self._open = False
+        self._dead = True
+        return [Close(_CLOSE_POLICY, reason)]
 
     def _end_legs(self, reason: str) -> list[IngestOutput]:
         if not self._open or self.call_id is None:

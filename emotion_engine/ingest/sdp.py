@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from emotion_engine.errors import ProtocolError
-from emotion_engine.ingest.base import parse_decimal
+from emotion_engine.ingest.base import parse_decimal, wire_int
 
 __all__ = [
     "DIRECTIONS",
@@ -71,10 +71,11 @@ class MediaDescription:
             pt_text, _, encoding = value.partition(" ")
             name, _, rest = encoding.strip().partition("/")
             rate_text = rest.partition("/")[0]
-            try:
-                out[int(pt_text)] = (name.upper(), int(rate_text))
-            except ValueError:
+            pt = wire_int(pt_text, lo=0, hi=127)
+            rate = wire_int(rate_text, lo=1, hi=1_000_000)
+            if pt is None or rate is None:
                 continue  # a broken rtpmap only loses that format
+            out[pt] = (name.upper(), rate)
         return out
 
     def direction(self, session_default: str = "sendrecv") -> str:
@@ -244,6 +245,8 @@ def answer_offer(offer: SessionDescription) -> list[StreamAnswer]:
         dtmf_pt: int | None = None
         for fmt in m.formats:
             pt = parse_decimal(fmt, max_digits=3)
+            if pt is not None and pt > 127:  # RTP payload types are 7 bits
+                pt = None
             if pt is None:
                 continue
             name = rtpmap.get(pt)

@@ -55,7 +55,7 @@ from typing import Any, Final
 
 from emotion_engine.config import PARTIES
 from emotion_engine.errors import ConfigError, ProtocolError
-from emotion_engine.ingest.base import ProtocolViolation, parse_decimal
+from emotion_engine.ingest.base import ProtocolViolation, call_id_problem, parse_decimal
 from emotion_engine.ingest.sdp import (
     DEFAULT_DTMF_PT,
     MediaDescription,
@@ -1012,7 +1012,8 @@ class SipUas:
         try:
             return self._request(msg, peer, now, local)
         except Exception as exc:  # a bug must cost one request, never the server
-            log.exception("SIP %s from %s could not be handled", msg.method, peer)
+            if _first_time(exc):  # the traceback once; the violation below is counted
+                log.exception("SIP %s from %s could not be handled", msg.method, peer)
             out = [ProtocolViolation(f"SIP {msg.method} from {peer}: internal error {exc!r}")]
             if msg.method != "ACK":
                 out.append(
@@ -1081,7 +1082,9 @@ class SipUas:
                 raise _Reject(405, "Method Not Allowed", [("allow", _ALLOW)])
             raise _Reject(501, "Not Implemented", [("allow", _ALLOW)])
         except _Reject as rej:
-            return self._respond(txn, rej.status, now, reason=rej.reason, headers=rej.headers)
+            return _bad_request(rej, msg, peer) + self._respond(
+                txn, rej.status, now, reason=rej.reason, headers=rej.headers
+            )
 
     def _in_dialog(
         self, txn: _ServerTxn, to_tag: str, now: float, local: tuple[str, int]
@@ -1145,6 +1148,9 @@ class SipUas:
         contact = msg.get("contact")
         if not contact:
             raise _Reject(400, "Bad Request (INVITE without Contact)")
+        problem = engine_call_id_problem(msg)
+        if problem is not None:  # the call id goes into every event of the call
+            raise _Reject(400, f"Bad Request ({problem})")
         offer = self._parse_offer(msg)
         dialog = _Dialog(
             key="",
@@ -1193,7 +1199,7 @@ class SipUas:
             else:
                 sdp, out = self._apply_offer(dialog, offer, initial=True, request_uri=msg.uri)
         except _Reject as rej:  # ports bound so far go back before the answer goes out
-            released = self._release(dialog, "rejected")
+            released = _bad_request(rej, msg, txn.peer) + self._release(dialog, "rejected")
             return released + self._respond(
                 txn, rej.status, now, reason=rej.reason, headers=rej.headers
             )
@@ -1792,3 +1798,33 @@ def _engine_call_id(msg: SipMessage) -> str:
     separately) or the SIP Call-ID."""
     custom = (msg.get("x-emotion-call-id") or "").strip()
     return custom if _CALL_ID_OK.match(custom) else (msg.get("call-id") or "").strip()
+
+
+def _bad_request(rej: _Reject, msg: SipMessage, peer: Peer) -> list[SipOutput]:
+    """A 400 answers a malformed request: also a violation (logged and counted);
+    other rejections (401 challenges, 488 without G.711 ...) are ordinary SIP."""
+    if rej.status != 400:
+        return []
+    return [ProtocolViolation(f"SIP {msg.method} from {peer}: {rej.reason}")]
+
+
+_BUGS_LOGGED: set[tuple[str, str]] = set()
+
+
+def _first_time(exc: BaseException) -> bool:
+    """Whether this kind of failure (exception type and where it was raised) is new: a
+    peer repeating the datagram that found a bug gets one traceback, not one each."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+    key = (type(exc).__name__, where)
+    if key in _BUGS_LOGGED or len(_BUGS_LOGGED) > 256:
+        return False
+    _BUGS_LOGGED.add(key)
+    return True
+
+
+def engine_call_id_problem(msg: SipMessage) -> str | None:
+    """Why the INVITE's call id cannot be the engine's (too long, control characters)."""
+    return call_id_problem(_engine_call_id(msg), what="Call-ID")

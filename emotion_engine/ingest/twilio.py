@@ -68,6 +68,8 @@ from emotion_engine.ingest.base import (
     LegEnded,
     LegStarted,
     ProtocolViolation,
+    call_id_problem,
+    clip,
     loads_json,
     parse_decimal,
 )
@@ -82,6 +84,8 @@ _DECODERS: Final = {"audio/x-mulaw": ulaw_decode, "audio/x-alaw": alaw_decode}
 _CLOSE_UNSUPPORTED: Final = 1003  # RFC 6455: data the endpoint cannot accept
 _MAX_SEQ_JUMP: Final = 10_000  # ~100 s of two-track media; farther is a corrupt number
 MAX_TIMESTAMP_MS: Final = 2**31  # ~25 days into a stream: a later media timestamp is corrupt
+_MAX_TRACKS: Final = 4  # 'start.tracks' entries looked at (Twilio sends one or two)
+_CLOSE_POLICY: Final = 1008
 
 
 @dataclass(slots=True)
@@ -324,13 +328,21 @@ class TwilioMediaSession:
         else:
             call_id = call_sid if isinstance(call_sid, str) and call_sid else stream_sid
         if not isinstance(call_id, str) or not call_id:
-            return self._fatal("twilio: 'start' has neither callSid nor streamSid", 1008)
+            return self._fatal("twilio: 'start' has neither callSid nor streamSid", _CLOSE_POLICY)
+        problem = call_id_problem(call_id)
+        if problem is not None:
+            return self._fatal(f"twilio: {problem}", _CLOSE_POLICY)
+        if stream_sid is not None and call_id_problem(stream_sid, what="streamSid") is not None:
+            return self._fatal(
+                f"twilio: {call_id_problem(stream_sid, what='streamSid')}", _CLOSE_POLICY
+            )
         self.call_id = call_id
         self.stream_sid = stream_sid if isinstance(stream_sid, str) else None
 
         tracks = start.get("tracks")
         if not isinstance(tracks, list) or not tracks:
             tracks = ["inbound"]
+        tracks = [t for t in tracks[:_MAX_TRACKS] if isinstance(t, str)]
         info = {
             "protocol": "twilio",
             "stream_sid": self.stream_sid,
@@ -348,7 +360,7 @@ class TwilioMediaSession:
     def _open_leg(self, track: str, info: dict[str, Any]) -> list[IngestOutput]:
         party = self._track_parties.get(track)
         if party is None:
-            return [ProtocolViolation(f"twilio: track {track!r} has no party; ignored")]
+            return [ProtocolViolation(f"twilio: track {clip(track)} has no party; ignored")]
         if track in self._legs:
             return []
         self._legs[track] = _Leg(party)
@@ -363,7 +375,7 @@ class TwilioMediaSession:
             return [ProtocolViolation("twilio: 'media' message without a 'media' object")]
         track = media.get("track", "inbound")
         if not isinstance(track, str):
-            return [ProtocolViolation(f"twilio: bad media track {track!r}")]
+            return [ProtocolViolation(f"twilio: bad media track {clip(track)}")]
         out: list[IngestOutput] = []
         if track not in self._legs:
             out += self._open_leg(track, {"protocol": "twilio", "stream_sid": self.stream_sid})
@@ -371,7 +383,10 @@ class TwilioMediaSession:
                 return out
         payload = media.get("payload")
         if not isinstance(payload, str):
-            return [*out, ProtocolViolation(f"twilio: media payload is not a string: {payload!r}")]
+            return [
+                *out,
+                ProtocolViolation(f"twilio: media payload is not a string: {clip(payload)}"),
+            ]
         try:
             codes = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -391,7 +406,12 @@ class TwilioMediaSession:
         ts_ms = _parse_number(raw_ts)
         if ts_ms is None:
             if raw_ts is not None:
-                out.append(ProtocolViolation(f"twilio: bad media timestamp {raw_ts!r:.80}"))
+                out.append(
+                    ProtocolViolation(
+                        f"twilio: bad media timestamp {clip(raw_ts)} (need 0 to "
+                        f"{MAX_TIMESTAMP_MS} ms); audio appended at the end"
+                    )
+                )
         else:
             at = round(ts_ms * SAMPLE_RATE_HZ / 1000)
             gap = at - leg.next_sample
@@ -428,8 +448,8 @@ class TwilioMediaSession:
             return [ProtocolViolation("twilio: 'dtmf' before 'start'; dropped")]
         dtmf = msg.get("dtmf")
         digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-        if not isinstance(digit, str) or not digit:
-            return [ProtocolViolation(f"twilio: 'dtmf' without a digit: {dtmf!r}")]
+        if not isinstance(digit, str) or len(digit) != 1:
+            return [ProtocolViolation(f"twilio: 'dtmf' without a digit: {clip(dtmf)}")]
         track = dtmf.get("track", "inbound_track") if isinstance(dtmf, dict) else "inbound_track"
         track = str(track).removesuffix("_track")
         party = self._track_parties.get(track, self._track_parties.get("inbound", "customer"))
@@ -438,6 +458,14 @@ class TwilioMediaSession:
         return [Dtmf(self.call_id, party, digit, t)]
 
     # ----------------------------------------------------------------- endings
+
+    def refuse(self, reason: str) -> list[IngestOutput]:
+        """The engine refused this stream's call id (another session holds it): its
+        legs never opened, so nothing ends; close with 1008 and ``reason``."""
+        for leg in self._legs.values():
+            leg.open = False
+        self._dead = True
+        return [Close(_CLOSE_POLICY, reason)]
 
     def _end_legs(self, reason: str) -> list[IngestOutput]:
         out: list[IngestOutput] = []
@@ -466,6 +494,9 @@ def _parse_seq(raw: object) -> int | None:
 
 
 def _parse_number(raw: object) -> float | None:
+    """A media timestamp (ms, a string on the wire; a number tolerated) within
+    0..``MAX_TIMESTAMP_MS``, else None: NaN, infinities, negatives, 1e308 and
+    integers too large for a float all land here, never in an exception."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int | float):
