@@ -167,8 +167,8 @@ def bounded_info(info: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``info`` (a leg's metadata, JSON-like) within the metadata limits, and what was
     changed: strings cut to ``MAX_META_TEXT_CHARS`` with control characters replaced by
     U+FFFD, nesting past ``MAX_META_DEPTH``, non-finite numbers and integers past 64
-    bits dropped, and the items dropped from where the JSON would pass
-    ``MAX_META_BYTES`` on. An ``info`` within the limits comes back equal, with no
+    bits dropped, and the items dropped from where the JSON (UTF-8, not ASCII-escaped)
+    would pass ``MAX_META_BYTES`` on. An ``info`` within the limits comes back equal, with no
     problems."""
     problems: list[str] = []
     left = MAX_META_BYTES
@@ -196,29 +196,30 @@ def bounded_info(info: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
     def walk(value: Any, where: str, depth: int) -> tuple[bool, Any]:
         """(keep it, the bounded value)."""
+        # costs: the JSON text of the value plus a separator (", ")
         if value is None or isinstance(value, bool):
-            return spend(5, where), value
+            return spend(7, where), value
         if isinstance(value, int):
             if abs(value) >= 1 << 63:
                 problems.append(f"{where}: integer past 64 bits dropped")
                 return False, None
-            return spend(20, where), value
+            return spend(22, where), value
         if isinstance(value, float):
             if not math.isfinite(value):
                 problems.append(f"{where}: {value} dropped")
                 return False, None
-            return spend(24, where), value
+            return spend(26, where), value
         if isinstance(value, Mapping | list | tuple):
             if depth > MAX_META_DEPTH:
                 problems.append(f"{where}: nested deeper than {MAX_META_DEPTH}; dropped")
                 return False, None
-            if not spend(2, where):
+            if not spend(4, where):
                 return False, None
             if isinstance(value, Mapping):
                 out: dict[str, Any] = {}
                 for key, item in value.items():
                     name = text(str(key), f"{where} key")
-                    if not spend(len(name) + 4, f"{where}.{name[:40]}"):
+                    if not spend(_utf8_len(name) + 4, f"{where}.{name[:40]}"):
                         break
                     kept, item = walk(item, f"{where}.{name[:40]}", depth + 1)
                     if kept:
@@ -233,6 +234,10 @@ def bounded_info(info: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
                     break
             return True, items
         cut = text(value if isinstance(value, str) else str(value), where)
-        return spend(len(cut) + 2, where), cut
+        return spend(_utf8_len(cut) + 4, where), cut
 
     return walk(info, "info", 0)[1], problems
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "replace"))
