@@ -46,7 +46,7 @@ def rtp_seeds() -> list[bytes]:
     for name in ("pcmu_8k_angry.pcap", "impaired_mixed.pcap"):
         payloads = _pcap_payloads(DATA / "rtp" / name)
         for start in (0, len(payloads) // 2):
-            seeds.append(encode_datagrams((p, 0) for p in payloads[start : start + 24]))
+            seeds.append(encode_datagrams((p, 0) for p in payloads[start : start + 12]))
     odd = [
         RtpPacket(payload_type=8, sequence=65534, timestamp=2**32 - 160, ssrc=7, payload=b"\xd5" * 160),
         RtpPacket(payload_type=101, sequence=65535, timestamp=2**32 - 160, ssrc=7, marker=True, payload=bytes([5, 0x0A, 0, 160])),

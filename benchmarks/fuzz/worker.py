@@ -6,8 +6,8 @@ so libFuzzer keeps the inputs that reach new branches of the parsers. Every inpu
 through :func:`~benchmarks.fuzz.targets.unexpected`; an unexpected exception is counted
 and its first input per (exception type, raising line) saved as a reproducer in the
 crashes folder (``NAME-<sha1>.bin`` with the traceback beside it), and fuzzing goes on.
-Exactly ``--runs`` inputs are run: the worker writes its stats and exits itself at that
-count (libFuzzer's own exit skips Python's).
+Exactly ``--runs`` inputs are run (or as many as ``--max-time`` seconds allow): the
+worker writes its stats and exits itself then (libFuzzer's own exit skips Python's).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name", choices=sorted(TARGETS))
     parser.add_argument("--runs", type=int, required=True)
+    parser.add_argument("--max-time", type=float, default=0.0, help="seconds (0: no limit)")
     parser.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--crashes", type=Path, required=True)
     args, libfuzzer = parser.parse_known_args()
@@ -50,6 +51,8 @@ def main() -> None:
         "distinct": {},
         "started": time.time(),
     }
+
+    deadline = time.time() + args.max_time if args.max_time else 0.0
 
     def write_stats() -> None:
         stats["elapsed_s"] = round(time.time() - stats["started"], 1)
@@ -79,7 +82,7 @@ def main() -> None:
             stats["distinct"][key]["count"] += 1
         if stats["inputs"] % STATS_EVERY == 0:
             write_stats()
-        if stats["inputs"] >= args.runs:
+        if stats["inputs"] >= args.runs or (deadline and time.time() >= deadline):
             write_stats()
             sys.stdout.flush()
             os._exit(0)

@@ -177,6 +177,8 @@ def _canonical(name: str) -> str:
 
 def _split_list(value: str) -> list[str]:
     """Split ``a, b`` on commas outside quotes and angle brackets."""
+    if '"' not in value and "<" not in value:  # most values: nothing to scan for
+        return [v for v in (part.strip() for part in value.split(",")) if v]
     out: list[str] = []
     depth_angle = 0
     quoted = False
