@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     running: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
     results: dict[str, dict[str, Any]] = {}
     started = time.time()
+    git = git_state()  # the code the workers import now, whatever the checkout becomes later
     while pending or running:
         while pending and len(running) < args.jobs:
             name = pending.pop(0)
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(
             [Path(sys.executable).name, "-m", "benchmarks.fuzz", *(argv or sys.argv[1:])]
         ),
-        "git": git_state(),
+        "git": git,
         "machine": machine(),
         "wall_s": round(time.time() - started, 1),
         "parsers": results,
