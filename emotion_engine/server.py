@@ -892,11 +892,15 @@ class EngineServer:
             while not reader.done() and not watchdog.done():
                 await wake.wait()
                 wake.clear()
-                for event in sub.drain():
+                batch = sub.drain()
+                live.mark(loop.time())  # events wait from now
+                live.busy = True
+                for event in batch:
                     await ws.send(self._encode(event))
                     live.mark(loop.time())
                     sent += 1
                     self.service.metrics.events_sent_total += 1
+                live.busy = False
         except ConnectionClosed:
             pass
         except Exception:
@@ -946,7 +950,9 @@ class EngineServer:
             while True:
                 await asyncio.sleep(min(checks))
                 now = loop.time()
-                if p.subscriber_stall_s > 0 and now - live.last >= p.subscriber_stall_s:
+                # idle and without pings, there is nothing to judge it by
+                judged = live.busy or p.ws_ping_interval_s > 0
+                if judged and p.subscriber_stall_s > 0 and now - live.last >= p.subscriber_stall_s:
                     live.stalled = True
                     # a close frame would wait behind what the client did not read (and
                     # websockets' close() waits for that without a timeout): cut it
@@ -1114,12 +1120,13 @@ def _bind_error(what: str, host: str, port: int, option: str, exc: OSError) -> S
 class _Liveness:
     """When a subscriber last made progress (took an event or answered a ping)."""
 
-    __slots__ = ("last", "pinged", "stalled")
+    __slots__ = ("busy", "last", "pinged", "stalled")
 
     def __init__(self, now: float) -> None:
         self.last = now
         self.pinged = now
         self.stalled = False
+        self.busy = False  # events are being sent
 
     def mark(self, now: float) -> None:
         self.last = now

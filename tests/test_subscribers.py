@@ -171,6 +171,27 @@ def test_stalled_subscriber_is_disconnected_counted_and_logged(
     assert 'emotion_engine_subscriber_disconnects_total{reason="client_closed"} 1' in metrics
 
 
+def test_idle_subscriber_without_pings_is_not_taken_for_stalled(model: EmotionModel) -> None:
+    """With pings off, a subscriber that has had nothing to read for several
+    ``subscriber_stall_s`` is idle, not stalled: the next event reaches it."""
+    params = replace(PARAMS, ws_ping_interval_s=0, subscriber_stall_s=0.2)
+    hub = EventHub()
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, int]]:
+        async with running(model, params, hub=hub) as server:
+            url = server.addresses.urls()["events"]  # type: ignore[union-attr]
+            async with connect(url) as ws:
+                await until(lambda: hub.subscriber_count == 1, "subscribed")
+                await asyncio.sleep(1.0)  # five stall periods with nothing to send
+                hub.publish(padded(1))
+                got = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            return got, dict(server.service.metrics.subscriber_disconnects_total)
+
+    got, disconnects = run(scenario())
+    assert got["seq"] == 1
+    assert "stalled" not in disconnects
+
+
 # -- one large step --------------------------------------------------------------------------
 
 
