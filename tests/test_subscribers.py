@@ -111,6 +111,7 @@ def test_slow_subscriber_gets_events_lost_and_stays_connected(model: EmotionMode
 
     received, after, metrics, epoch = run(scenario())
     got, lost = account(received, after["seq"] - 1)
+    print(f"slow subscriber: {len(got)} events received, {len(lost)} announced lost")
     notices = [e for e in received if e["type"] == "events.lost"]
     assert notices, "no events.lost"
     assert all(n["epoch"] == epoch for n in notices)
@@ -249,6 +250,7 @@ def test_large_step_does_not_overflow_fast_subscribers(
             return outs, service.metrics.render(), steps
 
     outs, metrics, steps = run(scenario())
+    print(f"events per engine step: {sorted(steps.values(), reverse=True)}")
     assert max(steps.values()) > 50, steps  # one step handed over more than a queue
     for out in outs:
         assert not [e for e in out if e["type"] == "events.lost"]
