@@ -44,7 +44,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from emotion_engine.audio.g711 import ulaw_encode
-from emotion_engine.clients import subscribe
+from emotion_engine.clients import rtp_packets, subscribe
 from emotion_engine.config import MAX_META_TEXT_CHARS, ServeParams
 from emotion_engine.engine.pipeline import Engine
 from emotion_engine.engine.service import EngineService
@@ -802,3 +802,82 @@ def test_control_token_must_differ_from_the_token(model: EmotionModel) -> None:
             params=replace(PARAMS, control_token=TOKEN),
             service=EngineService(engine=Engine(model=model)),
         )
+
+
+def test_sip_leg_into_an_open_call_id_is_refused_and_display_names_are_cut(
+    model: EmotionModel,
+) -> None:
+    """SIP has no way to tell an answered call that its call id is taken: its leg is
+    refused (counted, logged once) and the open L16 call goes on; a From display name of
+    2,000 characters reaches ``call.start`` cut to the limit."""
+    name = "N" * 2000
+
+    def sip_invite(call_id: str, display: str, local: tuple[str, int]) -> bytes:
+        body = SDP.format(port=9, fmt="0").encode()
+        return (
+            "INVITE sip:engine@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK-{call_id}\r\n"
+            f'From: "{display}" <sip:+155501@127.0.0.1>;tag=t1\r\n'
+            f"To: <sip:engine@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+            f"Contact: <sip:a@{local[0]}:{local[1]}>\r\nContent-Type: application/sdp\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+
+    async def answer_and_stream(
+        sock: socket.socket, engine: tuple[str, int], call_id: str, display: str
+    ) -> None:
+        sock.sendto(sip_invite(call_id, display, sock.getsockname()), engine)
+        while True:
+            answer = await asyncio.to_thread(sock.recv, 65535)
+            if answer.startswith(b"SIP/2.0 200"):
+                break
+        head, _, sdp = answer.partition(b"\r\n\r\n")
+        port = int(sdp.split(b"m=audio ")[1].split(b" ")[0])
+        to = next(h for h in head.split(b"\r\n") if h.lower().startswith(b"to:"))
+        ack = (
+            f"ACK sip:engine@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {sock.getsockname()[0]}:"
+            f"{sock.getsockname()[1]};branch=z9hG4bK-ack-{call_id}\r\n"
+            f'From: "x" <sip:+155501@127.0.0.1>;tag=t1\r\n{to.decode()}\r\n'
+            f"Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        )
+        sock.sendto(ack.encode(), engine)
+        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i, packet in enumerate(rtp_packets(pcm=voice(1.0), ssrc=0x55)):
+            rtp.sendto(packet, ("127.0.0.1", port))
+            if i % 10 == 9:
+                await asyncio.sleep(0.01)
+        rtp.close()
+
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+        params = replace(PARAMS, sip="127.0.0.1:0", sip_rtp_ports="0")
+        async with running(model, params) as server:
+            assert server.addresses is not None and server.addresses.sip_port is not None
+            engine = ("127.0.0.1", server.addresses.sip_port)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(10)
+            async with subscribe(urls(server)["events"], token=TOKEN) as sub:
+                ws = await l16_open(urls(server)["l16"], "shared-sip")
+                await ws.send(FIRST.astype("<i2").tobytes())
+                held = await until(
+                    sub, lambda e: e["type"] == "emotion.update" and e["call_id"] == "shared-sip"
+                )
+                await answer_and_stream(sock, engine, "shared-sip", "x")
+                await answer_and_stream(sock, engine, "sip-named", name)
+                start = (await until(sub, lambda e: e["type"] == "call.start"))[-1]
+                await ws.send(AFTER.astype("<i2").tobytes())
+                await ws.close()
+                held += await until(
+                    sub, lambda e: e["type"] == "call.end" and e["call_id"] == "shared-sip"
+                )
+            sock.close()
+            return [e for e in held if e["call_id"] == "shared-sip"], start, await metrics(server)
+
+    held, start, text = run(scenario())
+    types = [e["type"] for e in held]
+    assert types.count("call.start") == 1 and types.count("call.end") == 1
+    assert held[-1]["reason"] == "disconnect"  # the L16 socket's own end
+    assert max(e["t"] for e in held if e["type"] == "emotion.update") > FIRST.size / 8000 + 1.0
+    assert metric(text, 'emotion_engine_call_id_collisions_total{source="sip"}') == 1
+    assert start["call_id"] == "sip-named"
+    assert start["info"]["from"]["name"] == "N" * MAX_META_TEXT_CHARS
