@@ -100,6 +100,9 @@ RTP_MAX_DATAGRAM = 2048
 # packets of a tick are handled together; rounds bound the work per tick in a flood.
 RTP_TICK_READ_ROWS = 4096
 RTP_TICK_READ_MAX_ROUNDS = 8
+# A connection that has not finished its HTTP/websocket handshake in this time is
+# closed (half-open ones too); open websockets are pinged (ws_ping_interval_s).
+WS_OPEN_TIMEOUT_S = 10.0
 MEDIA_LOG_INTERVAL_S = 10.0  # refused media sources, accept errors: one line per cause and interval
 JSON_CACHE_EVENTS = 4096  # events whose JSON text is kept for the next subscriber
 # ~0.2 s of 1,000 legs: what arrives between two reads at engine ticks waits here (_RtpReader)
@@ -385,6 +388,7 @@ class _AudioSocketGuard:
         self._fds = _open_descriptors()
         self._fds_baseline = self._fds if self._fds is not None else 64
         self._fds_checked = -1.0
+        self._fds_delta = 0  # connections admitted minus closed since the last count
         self.n_open = 0
 
     def admit(self, host: str, now: float) -> bool:
@@ -403,6 +407,7 @@ class _AudioSocketGuard:
         if reason is None:
             self.open_per_source[host] = self.open_per_source.get(host, 0) + 1
             self.n_open += 1
+            self._fds_delta += 1
             return True
         key = f"audiosocket_{reason}"
         self.refused[key] = self.refused.get(key, 0) + 1
@@ -416,18 +421,20 @@ class _AudioSocketGuard:
         else:
             self.open_per_source.pop(host, None)
         self.n_open -= 1
+        self._fds_delta -= 1
 
     def _descriptors_left(self, now: float) -> int:
-        # Counting /proc/self/fd costs ~0.1 ms per 1,000 descriptors: at most every
-        # 50 ms, and one more for each connection accepted in between.
+        """Descriptors left, the connection in hand counted as open. Counting
+        /proc/self/fd costs ~0.1 ms per 1,000 descriptors: at most every 50 ms; in
+        between, the last count plus the connections admitted and closed since."""
         if self._fds is None:
-            return self.fd_limit - self._fds_baseline - self.n_open
+            return self.fd_limit - self._fds_baseline - self.n_open - 1
         if now - self._fds_checked >= 0.05:
-            self._fds = _open_descriptors() or self._fds
-            self._fds_checked = now
-        else:
-            self._fds += 1
-        return self.fd_limit - self._fds
+            counted = _open_descriptors()
+            if counted is not None:
+                self._fds, self._fds_delta, self._fds_checked = counted, 0, now
+                return self.fd_limit - counted
+        return self.fd_limit - (self._fds + self._fds_delta) - 1
 
 
 class _AudioSocketProtocol(asyncio.Protocol):
@@ -645,6 +652,7 @@ class EngineServer:
                 max_size=p.max_message_bytes,
                 compression="deflate" if p.ws_compression else None,
                 server_header=f"emotion-engine/{__version__}",
+                open_timeout=WS_OPEN_TIMEOUT_S,
                 ping_interval=p.ws_ping_interval_s or None,
                 ping_timeout=p.ws_ping_timeout_s or None,
             )

@@ -496,6 +496,14 @@ class SipServer:
         each datagram as it arrived cost a wake-up, a Python call chain and, during a
         step, a GIL hand-over per packet. A call's ~5 packets of a tick wait in its
         socket's buffer (``RTP_RCVBUF_BYTES``, seconds of one call)."""
+        out = self._read_all_media()
+        for media in self._media.values():
+            if media.ingest is not None and not media.closed:
+                out += media.ingest.take_audio()
+        return out
+
+    def _read_all_media(self) -> list[IngestOutput]:
+        """Read every call's RTP socket (at ticks, and before checking for silence)."""
         assert self._loop is not None
         now = self._loop.time()
         out: list[IngestOutput] = []
@@ -506,9 +514,6 @@ class SipServer:
                 except Exception:  # a bug, not bad input: the other calls go on
                     log.exception("sip rtp: packets on port %d could not be handled", media.port)
                     self.service.metrics.protocol_error(SOURCE)
-        for media in self._media.values():
-            if media.ingest is not None and not media.closed:
-                out += media.ingest.take_audio()
         return out
 
     def _read_media(self, media: _MediaPort, now: float) -> list[IngestOutput]:
@@ -554,6 +559,9 @@ class SipServer:
         timeout = self.params.rtp_leg_timeout_s
         while True:
             await asyncio.sleep(RTP_POLL_S)
+            # Silence on the stream's own clock: what waits in the sockets (seconds of
+            # it after an engine stall or a stopped process) is read first.
+            self.service.submit(self._read_all_media(), source=SOURCE)
             now = loop.time()
             calls: dict[str, list[_MediaPort]] = {}
             for media in list(self._media.values()):
