@@ -1,7 +1,7 @@
 """``serve`` as an attacker and a load tester meet it: the media listeners that cannot
 authenticate (the RTP port and AudioSocket), descriptor pressure, an SSRC flood and
-a stalled process. Every test runs a real ``serve`` process on loopback ports chosen
-by the OS and talks to it with real sockets.
+a stalled engine. Every test runs a real ``serve`` on loopback ports chosen by the OS
+and talks to it with real sockets.
 
 What each bad input gets:
 
@@ -13,7 +13,12 @@ What each bad input gets:
   limit: closed at once; half-open HTTP connections: closed by the handshake timeout;
 - 1,200 spoofed SSRCs from one socket: no ``call.start`` (new legs per source are
   rate-limited and a leg is announced only after 0.5 s of audio in step);
-- a process stopped for seconds while RTP keeps coming: no leg times out.
+- an engine step that blocks for seconds, or a process stopped for seconds, while RTP
+  keeps coming: no leg times out (silence is judged after reading the socket).
+
+The engine-stall and silent-AudioSocket tests run ``EngineServer`` in this process (to
+block its engine step, or to set a short idle timeout); the others run the
+``emotion-engine serve`` command.
 """
 
 from __future__ import annotations
@@ -539,3 +544,39 @@ def test_rtp_legs_survive_an_engine_stall(model: EmotionModel) -> None:
 
     events = asyncio.run(scenario())
     assert_one_continuous_leg_each(events, n_legs=2, seconds=seconds)
+
+
+def test_a_silent_audiosocket_call_ends_with_timeout(model: EmotionModel) -> None:
+    """An AudioSocket peer that sends 1 s of audio and then nothing, its socket left
+    open (a half-open connection looks the same): after the idle timeout its leg ends
+    with reason ``timeout`` where its audio ended, and the server closes the socket."""
+    params = ServeParams(
+        host="127.0.0.1", port=0, rtp_port=-1, audiosocket_port=0, audiosocket_idle_timeout_s=1.0
+    )
+    call_uuid = uuid.uuid4()
+
+    async def scenario() -> tuple[list[dict[str, Any]], bytes]:
+        server = EngineServer(params=params, service=EngineService(engine=Engine(model=model)))
+        addresses = await server.start()
+        assert addresses.audiosocket_port is not None
+        closed_by_server = asyncio.get_running_loop().create_future()
+
+        async def client() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", addresses.audiosocket_port)
+            call = audiosocket_call(call_uuid, demo_pcm(1.0))
+            writer.write(call[: -len(encode_message(Kind.HANGUP))])  # no hang-up
+            await writer.drain()
+            closed_by_server.set_result(await reader.read())
+            writer.close()
+
+        try:
+            events = await collect(addresses.urls()["events"], client, lambda ev: bool(ends(ev)))
+            return events, await asyncio.wait_for(closed_by_server, 30)
+        finally:
+            await server.stop()
+
+    events, rest = asyncio.run(scenario())
+    assert rest == b""  # EOF: the server closed the connection
+    assert starts(events) == [str(call_uuid)] == ends(events)
+    end = events[-1]
+    assert end["reason"] == "timeout" and 0.9 <= end["t"] <= 1.0, end
