@@ -12,7 +12,7 @@ export EMOTION_ENGINE_DATA ?= $(DATA_DIR)
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-system-deps:  ## Debian packages: PortAudio (microphone); sipp, baresip, PulseAudio, Chromium (integration tests)
+system-deps:  ## Debian packages: PortAudio (microphone); sipp, baresip, PulseAudio, Chromium, espeak-ng (tests)
 	@# libasound2-plugins: ALSA's "pulse" device, the way PortAudio reaches PulseAudio.
 	@# --no-install-recommends: pulseaudio recommends logind/systemd, none of which the
 	@# tests' private daemon needs.
@@ -24,11 +24,12 @@ system-deps:  ## Debian packages: PortAudio (microphone); sipp, baresip, PulseAu
 	dpkg -s libasound2-plugins >/dev/null 2>&1 || missing="$$missing libasound2-plugins"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v baresip >/dev/null || missing="$$missing baresip-core"; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	if [ -n "$$missing" ]; then \
-	  echo ">> installing$$missing (microphone support; sipp, baresip, PulseAudio and Chromium for the integration tests)"; \
+	  echo ">> installing$$missing (microphone support; sipp, baresip, PulseAudio, Chromium and espeak-ng for the tests)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
-	  || echo "!! could not install$$missing: microphone ingest may be unavailable and tests/test_sipp.py, tests/test_sip_sipp.py, tests/test_sip_baresip.py, tests/test_mic.py, tests/test_agent_page.py will skip"; \
+	  || echo "!! could not install$$missing: microphone ingest may be unavailable and tests/test_sipp.py, tests/test_sip_sipp.py, tests/test_sip_baresip.py, tests/test_mic.py, tests/test_agent_page.py and the synthetic-speech cases of tests/test_confidence.py will skip"; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -100,8 +100,16 @@ class DetectorParams:
     # earlier and surer on both call sets, and the three-window end keeps a spike from
     # being cut short by a single calmer window (which also made cues flicker).
     smoothing_windows: int = 1  # moving average over this many speech windows
-    baseline_s: float = 10.0  # first seconds of speech that set the call's own baseline
-    baseline_halflife_s: float = 60.0  # slow running mean after the initial period
+    # Baseline: P(emotion) of the caller's calm speech. It starts at the population's
+    # (prior_baseline: the shipped model's mean P(angry) over real neutral/calm speech
+    # windows of the five corpora) and moves to the caller's own only from windows
+    # judged calm (raw score <= calm_max_score, outside spikes), so a caller angry from
+    # the first word, or for a long stretch, never makes anger their "normal".
+    prior_baseline: float = 0.10
+    prior_weight_s: float = 10.0  # the prior counts as this many seconds of calm speech
+    calm_max_score: float = 0.5  # windows scoring above this do not move the baseline
+    baseline_s: float = 10.0  # seconds of speech before the engine "knows the voice"
+    baseline_halflife_s: float = 60.0  # the running mean's half-life, in calm speech
     on_threshold: float = 0.70  # smoothed score (absolute) needed to start a spike
     on_margin: float = 0.30  # ... and this much above the call's baseline
     off_threshold: float = 0.45  # spike ends when the smoothed score falls below this
@@ -109,12 +117,40 @@ class DetectorParams:
     cooldown_s: float = 5.0  # quiet time after a spike ends before the next may start
     end_state_s: float = 12.0  # last seconds of speech that define the call's end state
     hop_s: float = 0.5  # seconds each score stands for: the window hop (WindowParams.hop_frames)
-    early_on_threshold: float = 0.85  # absolute start threshold until the baseline is set
+    early_on_threshold: float = 0.85  # start threshold until baseline_s of speech is heard
+    # ... and an early spike is confirmed only once its mean raw score has held the early
+    # threshold this long (a calm caller's first, 1 s window often scores high)
+    early_min_duration_s: float = 2.0
     silence_end_s: float = 3.0  # a spike (or candidate) ends after this long without speech
+    # One episode, one spike: a spike's end is reported only once this many seconds have
+    # passed without the start rule being met again; a return within it continues the
+    # same spike (t of the end stays where the end rule was first met).
+    merge_gap_s: float = 3.0
+    # Speech flagged low confidence (synthetic speech, music, tones: model/confidence.py)
+    # moves nothing; after such a window no spike starts for this long, so the few
+    # windows of artificial audio the check misses cannot start one either.
+    low_confidence_hold_s: float = 5.0
     # A confirmed spike ends on the mean of its last this-many speech windows (counted from
     # the onset), so a start on a short average does not make a spike that one calmer
     # window ends; 0: the same windows as the start (smoothing_windows).
     end_smoothing_windows: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ConfidenceParams:
+    """Low-confidence check of speech windows (``model/confidence.py``): windows that
+    are not natural speech like the training speech raise no spike."""
+
+    enabled: bool = True
+    # the distance bar is the fitted threshold_d2 (models/confidence.json) times this
+    distance_scale: float = 1.0
+    # the synthetic-speech bar is the fitted threshold plus this (in logit units)
+    synthetic_offset: float = 0.0
+    # a tone: voiced nearly throughout, pitch all but still (natural speech moves its
+    # pitch every syllable; see models/confidence.json for the real-speech rates)
+    tone_min_voiced_ratio: float = 0.9
+    tone_max_f0_std_semitones: float = 0.25
+    tone_max_f0_delta_semitones: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +160,13 @@ class EngineParams:
     features: FeatureParams = field(default_factory=FeatureParams)
     window: WindowParams = field(default_factory=WindowParams)
     detector: DetectorParams = field(default_factory=DetectorParams)
+    confidence: ConfidenceParams = field(default_factory=ConfidenceParams)
 
 
 DEFAULT_FEATURE_PARAMS = FeatureParams()
 DEFAULT_WINDOW_PARAMS = WindowParams()
 DEFAULT_DETECTOR_PARAMS = DetectorParams()
+DEFAULT_CONFIDENCE_PARAMS = ConfidenceParams()
 DEFAULT_ENGINE_PARAMS = EngineParams()
 
 

@@ -56,3 +56,8 @@ class EmotionScores:
     arousal: float
     voiced_ratio: float
     is_speech: bool
+    # the window is speech but not like the speech the model learnt from (synthetic
+    # speech, music, tones: model/confidence.py); the detector ignores it
+    low_confidence: bool = False
+    low_confidence_reason: str | None = None
+    ood_distance: float | None = None  # squared Mahalanobis distance, None if not checked

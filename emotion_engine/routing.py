@@ -25,8 +25,12 @@ Conditions (times are seconds of call audio):
   shows it (the spike start if ``detected_at - onset`` already covers it, else the
   first ``emotion.update`` at or past ``onset + min_duration_s``).
   Evidence: ``emotion``, ``duration_s``, ``started_at``, ``min_duration_s``.
-- ``repeated_spikes`` (``emotion``, ``count`` >= 2, ``within_s``): ``count`` spikes of
-  ``emotion`` started within ``within_s``. Once per call. Evidence: ``emotion``,
+- ``repeated_spikes`` (``emotion``, ``count`` >= 2, ``within_s``, ``min_gap_s``):
+  ``count`` episodes of ``emotion`` started within ``within_s``. An episode is a spike
+  that started at least ``min_gap_s`` (default 10 s) after the previous spike of that
+  emotion ended; a spike back sooner continues the episode and is not counted (the
+  detector already joins returns within its ``merge_gap_s``; this also covers events
+  recorded with other detector settings). Once per call. Evidence: ``emotion``,
   ``count``, ``within_s``, ``first_at``.
 - ``high_arousal_at_start`` (``speech_s``, ``min_arousal``): the mean arousal over the
   party's first ``speech_s`` seconds of speech reached ``min_arousal``; judged once,
@@ -125,13 +129,15 @@ skill = "empathy"
 priority = 6
 reason = "Customer angry for {duration_s:.0f} s without settling"
 
-# A moment of truth: anger comes back. Route the call to the agents best at it.
+# A moment of truth: anger comes back (a new episode: at least min_gap_s after the last
+# one ended). Route the call to the agents best at it.
 [[rules]]
 name = "escalate-on-repeated-anger"
 when = "repeated_spikes"
 emotion = "angry"
 count = 2
 within_s = 180.0
+min_gap_s = 10.0
 action = "escalate"
 skill = "empathy"
 priority = 8
@@ -175,6 +181,9 @@ class RepeatedSpikes:
     emotion: str = "angry"
     count: int = 2
     within_s: float = 180.0
+    # a spike starting less than this after the previous one ended continues that
+    # episode and is not counted again
+    min_gap_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +292,8 @@ def _parse_condition(where: str, when: str, raw: Mapping[str, Any]) -> Condition
             problems.append(f"count must be >= 2, got {condition.count!r}")
         if condition.within_s <= 0:
             problems.append(f"within_s must be > 0 s, got {condition.within_s!r}")
+        if condition.min_gap_s < 0:
+            problems.append(f"min_gap_s must be >= 0 s, got {condition.min_gap_s!r}")
     if isinstance(condition, HighArousalAtStart):
         if condition.speech_s <= 0:
             problems.append(f"speech_s must be > 0 s, got {condition.speech_s!r}")
@@ -410,9 +421,22 @@ def load_rules(path: str | Path | None) -> tuple[Rule, ...]:
 @dataclass(slots=True)
 class _LegState:
     active: dict[str, float] = field(default_factory=dict)  # emotion -> onset t
-    starts: dict[str, deque[float]] = field(default_factory=dict)  # emotion -> start t's
+    # emotion -> (onset t, end t or None while open) of every spike, for episode counting
+    starts: dict[str, deque[tuple[float, float | None]]] = field(default_factory=dict)
     fired: set[tuple[str, float]] = field(default_factory=set)  # (rule, onset or -1)
     start_arousal: list[float] = field(default_factory=list)  # first speech windows
+
+
+def _episodes(spikes: Iterable[tuple[float, float | None]], *, min_gap_s: float) -> list[float]:
+    """Onsets of the episodes among ``(onset, end)`` spikes in time order: a spike whose
+    onset is less than ``min_gap_s`` after the previous spike's end joins its episode."""
+    onsets: list[float] = []
+    last_end: float | None = None
+    for onset, end in spikes:
+        if not onsets or last_end is None or onset - last_end >= min_gap_s - 1e-9:
+            onsets.append(onset)
+        last_end = end if end is not None else None
+    return onsets
 
 
 class RuleEngine:
@@ -453,6 +477,10 @@ class RuleEngine:
         # the longest window any rule needs, so per-leg state stays bounded
         self._max_within_s = max(
             (r.condition.within_s for r in rules if isinstance(r.condition, RepeatedSpikes)),
+            default=0.0,
+        )
+        self._max_gap_s = max(
+            (r.condition.min_gap_s for r in rules if isinstance(r.condition, RepeatedSpikes)),
             default=0.0,
         )
         self._max_start_windows = max(
@@ -528,20 +556,26 @@ class RuleEngine:
     def _on_spike(self, e: Mapping[str, Any], state: _LegState, rules: list[Rule]) -> list[Event]:
         emotion = str(e["emotion"])
         onset = float(e["t"])
+        starts = state.starts.setdefault(emotion, deque())
         if e.get("phase") != "start":
             state.active.pop(emotion, None)
+            if starts and starts[-1][1] is None:
+                starts[-1] = (starts[-1][0], onset)  # an end's t is where the spike ended
             return []
         state.active[emotion] = onset
         now = float(e.get("detected_at", onset))
-        starts = state.starts.setdefault(emotion, deque())
-        starts.append(onset)
-        while starts and starts[0] < onset - self._max_within_s:
+        starts.append((onset, None))
+        # keep what can still matter: an episode counts by its first onset, and a spike
+        # ended less than min_gap_s before a later one carries that one's episode
+        horizon = onset - self._max_within_s - self._max_gap_s
+        while len(starts) > 1 and (starts[0][1] is not None and starts[0][1] < horizon):
             starts.popleft()
         hints = self._lasting(rules, e, state, emotion=emotion, onset=onset, now=now)
         for rule in rules:
             c = rule.condition
             if isinstance(c, RepeatedSpikes) and c.emotion == emotion:
-                recent = [s for s in starts if s >= onset - c.within_s]
+                recent = _episodes(starts, min_gap_s=c.min_gap_s)
+                recent = [s for s in recent if s >= onset - c.within_s]
                 if len(recent) >= c.count:
                     hints += self._fire(
                         rule,

@@ -3,11 +3,13 @@ round trip, EmotionModel's two input paths, and the engine keeping one state per
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from emotion_engine.config import DetectorParams, EngineParams
 from emotion_engine.errors import ModelError
 from emotion_engine.model import EmotionModel, ModelManifest
 from emotion_engine.model.normalise import (
@@ -207,8 +209,11 @@ def test_engine_keeps_one_running_state_per_leg(
             if d["type"] == "emotion.update"
         ]
 
+    # every speech window judged calm: the statistics see all of them, as in training
+    all_calm = EngineParams(detector=dataclasses.replace(DetectorParams(), calm_max_score=1.0))
+
     def alone(pcm: np.ndarray, chunk: int) -> tuple[list, float]:
-        engine = Engine(model=per_call_engine_model)
+        engine = Engine(model=per_call_engine_model, params=all_calm)
         events = engine.open_leg(call_id="x", party="customer", sample_rate=8000)
         norm = engine.legs[("x", "customer")].normaliser
         for s in range(0, len(pcm), chunk):
@@ -225,7 +230,7 @@ def test_engine_keeps_one_running_state_per_leg(
     block, _ = alone(call_pcm, 12800)
     np.testing.assert_allclose([u[1] for u in block], [u[1] for u in ref_a], atol=1e-5)
 
-    engine = Engine(model=per_call_engine_model)
+    engine = Engine(model=per_call_engine_model, params=all_calm)
     events: list = []
     for call in ("a", "b"):
         engine.open_leg(call_id=call, party="customer", sample_rate=8000)
@@ -238,3 +243,51 @@ def test_engine_keeps_one_running_state_per_leg(
     got_b = updates([e for e in events if e.call_id == "b"])
     np.testing.assert_allclose([u[1] for u in got_a], [u[1] for u in ref_a], atol=1e-6)
     np.testing.assert_allclose([u[1] for u in got_b], [u[1] for u in ref_b], atol=1e-6)
+
+
+def test_engine_learns_a_legs_statistics_from_calm_windows_only(
+    per_call_engine_model: EmotionModel, call_pcm: np.ndarray
+) -> None:
+    """A window joins the leg's statistics only when the model judged it calm (P(angry)
+    at most calm_max_score). This synthetic model scores every speech window of the
+    call angry, so the statistics stay at the population prior: an angry caller is never
+    normalised into their own "normal" (with calm_max_score=1 every speech window
+    joins them: test_engine_keeps_one_running_state_per_leg)."""
+    from emotion_engine.engine.pipeline import Engine
+    from emotion_engine.frames import AudioChunk
+
+    engine = Engine(model=per_call_engine_model)
+    events = engine.open_leg(call_id="x", party="customer", sample_rate=8000)
+    norm = engine.legs[("x", "customer")].normaliser
+    assert norm is not None
+    for s in range(0, len(call_pcm), 160):
+        engine.push(AudioChunk("x", "customer", s / 8000, call_pcm[s : s + 160], 8000))
+        events += engine.process()
+    count = norm.count
+    events += engine.close_leg(call_id="x", party="customer")
+    speech = [
+        e.payload["probabilities"]["angry"]
+        for e in events
+        if e.type == "emotion.update" and e.payload["is_speech"]
+    ]
+    assert len(speech) > 10 and min(speech) > DetectorParams().calm_max_score
+    assert count == 0 and not norm.sum_d.any()
+
+
+def test_normalise_then_learn_equals_the_running_zscore_over_the_learnt_rows() -> None:
+    rng = np.random.default_rng(3)
+    params = CallNormParams(mean=np.ones(4), std=np.full(4, 2.0), prior_weight=5.0)
+    x = rng.normal(size=(30, 4)) * 3 + 2
+    calm = rng.random(30) < 0.5
+    norm = CallNormaliser(params)
+    got = np.empty((30, 4), dtype=np.float32)
+    for i in range(30):
+        before = (norm.count, norm.sum_d.copy())
+        got[i] = norm.normalise(x[i : i + 1])[0]
+        assert norm.count == before[0] and np.array_equal(norm.sum_d, before[1])
+        if calm[i]:
+            norm.learn(x[i : i + 1])
+    # the batch path: every row against the update rows before it
+    want, count, *_ = running_zscore(x=x, update=calm, params=params)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert count == norm.count == calm.sum()

@@ -31,6 +31,7 @@ from emotion_engine.publish.events import EventSequencer, load_schema, to_json
 from emotion_engine.routing import (
     DEFAULT_RULES_TOML,
     HighArousalAtStart,
+    RepeatedSpikes,
     Routing,
     RuleEngine,
     SpikeLasting,
@@ -363,6 +364,24 @@ def test_rule_engine_by_hand() -> None:
     assert hints[4]["reason"] == "ended angry (-0.50)"
     assert hints[4]["evidence"]["recovery"] == "not_recovered"
     assert engine.open_legs == 0 and engine.hints_total == 5
+
+
+def test_repeated_spikes_count_episodes_not_fragments() -> None:
+    """A spike back within min_gap_s of the last one's end (one episode split in two, as
+    a detector without merging reports a dip) does not escalate; a new episode does."""
+    engine = RuleEngine(load_rules(None), labels=LABELS)
+    rule = next(r for r in engine.rules if r.name == "escalate-on-repeated-anger")
+    assert isinstance(rule.condition, RepeatedSpikes) and rule.condition.min_gap_s == 10.0
+    # the demo call over L16 before the detector merged episodes: 33.0-42.0, 47.0-56.5
+    fragments = [start(), spike_start(33.0), spike_end(42.0, 33.0)]
+    fragments += [spike_start(47.0), spike_end(56.5, 47.0)]
+    assert [h["rule"] for h in feed(engine, fragments)] == []
+    # a third spike 12 s after that episode ended is a second episode: escalate
+    hints = feed(engine, [spike_start(68.5), spike_end(70.0, 68.5)])
+    assert [h["rule"] for h in hints] == ["escalate-on-repeated-anger"]
+    assert hints[0]["evidence"]["count"] == 2 and hints[0]["evidence"]["first_at"] == 33.0
+    with pytest.raises(ConfigError, match="min_gap_s must be >= 0 s"):
+        parse_rules({"rules": [rule_for("repeated_spikes", min_gap_s=-1.0)]})
 
 
 def test_rule_engine_keeps_legs_and_parties_apart() -> None:

@@ -24,7 +24,8 @@ from emotion_engine.publish.events import Event
 
 LABELS = ("neutral", "happy", "sad", "angry")
 # The hand-worked expectations below use these parameters (3-window smoothing for
-# start and end, on 0.55 / margin 0.20 / off 0.40 / early 0.75, 1 s minimum); the shipped defaults are tuned elsewhere
+# start and end, on 0.55 / margin 0.20 / off 0.40 / early 0.75, 1 s minimum, ends reported
+# at once, population baseline 0.05); the shipped defaults are tuned elsewhere
 # (training/stitched.py) and checked in test_shipped_defaults_are_valid.
 DEFAULT_DETECTOR_PARAMS = dataclasses.replace(
     SHIPPED_DETECTOR_PARAMS,
@@ -35,6 +36,8 @@ DEFAULT_DETECTOR_PARAMS = dataclasses.replace(
     early_on_threshold=0.75,
     min_duration_s=1.0,
     end_smoothing_windows=0,
+    merge_gap_s=0.0,
+    prior_baseline=0.05,
 )
 HOP = 0.5
 
@@ -90,9 +93,9 @@ def test_neutral_then_sustained_anger_gives_one_spike_at_the_onset() -> None:
     start, end = (e.payload for e in events)
     assert start["detected_at"] == pytest.approx(22.0)
     assert start["score"] == pytest.approx(0.9)
-    # the k=41 window did not start a spike, so the baseline took one step towards it
-    alpha = 1.0 - 0.5 ** (0.5 / 60.0)
-    assert start["baseline"] == pytest.approx(0.05 + alpha * 0.85)
+    # the k=41 window (0.9) did not start a spike, but it is not calm either: the
+    # baseline is the calm windows' 0.05 (equal to the prior), untouched by it
+    assert start["baseline"] == pytest.approx(0.05)
     assert start["baseline_ready"] is True
     assert end["started_at"] == pytest.approx(21.0)
     assert end["duration_s"] == pytest.approx(10.0)
@@ -113,21 +116,56 @@ def test_burst_shorter_than_min_duration_is_not_reported() -> None:
     ]
 
 
-def test_constantly_tense_speaker_is_their_own_baseline_until_a_real_jump() -> None:
-    # P(angry) = 0.6 from the first window: above on_threshold (0.55), so a detector
-    # without the call's own baseline would fire; below the early threshold (0.75)
-    # before the baseline is set, and 0 above the baseline after it.
-    calm_for_them = [0.6] * 120  # 60 s
-    assert DEFAULT_DETECTOR_PARAMS.on_threshold <= 0.6
-    assert run(stream(calm_for_them)) == []
-    # jump to 0.95 at k=121: smoothed 0.717 (margin 0.117 < 0.2: no), then at
-    # k=122 (t=61.0) 0.833; the baseline has taken one step of the k=121 window,
-    # 0.6 + alpha * 0.35 with alpha = 1 - 0.5 ** (0.5 / 60) -> margin 0.231: onset.
-    events = run(stream([*calm_for_them, *[0.95] * 10]), finish_t=66.0)
-    assert phases(events) == [("start", 61.0), ("end", 66.0)]
+def test_tense_sounding_calm_speaker_is_their_own_baseline_until_a_real_jump() -> None:
+    # P(angry) = 0.45 from the first window: calm by the model's call (<= calm_max_score
+    # 0.5), so the baseline moves from the prior (0.05) to the caller's 0.45.
+    calm_for_them = [0.45] * 120  # 60 s
+    det = SpikeDetector(labels=LABELS, params=DEFAULT_DETECTOR_PARAMS)
+    assert [e for w in stream(calm_for_them) for e in det.update(w)] == []
+    # second path: the shrunk mean (prior worth 20 windows) for 20 windows, then the
+    # running mean with alpha = 1 - 0.5 ** (0.5 / 60)
+    k = DEFAULT_DETECTOR_PARAMS.prior_weight_s / HOP
     alpha = 1.0 - 0.5 ** (0.5 / 60.0)
-    assert events[0].payload["baseline"] == pytest.approx(0.6 + alpha * 0.35)
+    b = 0.05
+    for n in range(1, 121):
+        b += max(1.0 / (k + n), alpha) * (0.45 - b)
+    assert det.snapshot()["angry"].baseline == pytest.approx(b)
+    assert 0.35 < b < 0.45
+    # 0.58 would start a spike against the prior, not against their own calm voice
+    assert run(stream([*calm_for_them, *[0.58] * 20])) == []
+    # a real jump does: at k=121 the 3-window mean is (0.45 + 0.45 + 0.95) / 3 = 0.617,
+    # 0.224 above the baseline -> onset t=60.5
+    events = run(stream([*calm_for_them, *[0.95] * 10]), finish_t=66.0)
+    assert phases(events) == [("start", 60.5), ("end", 66.0)]
+    assert events[0].payload["baseline"] == pytest.approx(b)
     assert events[1].payload["reason"] == "call_end"
+
+
+def test_caller_angry_from_the_first_word_still_spikes() -> None:
+    # 0.7 throughout: under the early bar (0.75) while the voice is new, and never calm,
+    # so the baseline stays at the prior: once baseline_s (10 s) of speech has been
+    # heard, 0.7 >= 0.55 and 0.7 - 0.05 >= 0.2 starts a spike. (A baseline learnt from
+    # every window would have made 0.7 this caller's normal and never fired.)
+    events = run(stream([0.7] * 60), finish_t=30.5)
+    assert phases(events) == [("start", 10.0), ("end", 30.5)]
+    assert events[0].payload["baseline"] == pytest.approx(0.05)
+    assert events[0].payload["baseline_ready"] is True
+    # a long angry stretch in the middle of a calm call does not become "normal": the
+    # anger comes back after 60 s of it and a calm minute, and still spikes
+    values = [0.05] * 40 + [0.9] * 120 + [0.05] * 40 + [0.9] * 10
+    starts = [t for ph, t in phases(run(stream(values), finish_t=106.0)) if ph == "start"]
+    assert starts == [21.0, 101.0]
+
+
+def test_calm_caller_with_an_early_high_window_raises_no_spike() -> None:
+    # a calm caller whose 3rd-4th windows the model scores 0.7 (a laugh, a loud word):
+    # the early bar (0.75) holds while the voice is new; after it, 0.7 against their
+    # calm baseline would start one -- that is what the early bar is for
+    p = dataclasses.replace(DEFAULT_DETECTOR_PARAMS, smoothing_windows=1)
+    values = [0.05, 0.05, 0.7, 0.7, 0.7] + [0.05] * 40
+    assert run(stream(values), p) == []
+    late = [0.05] * 30 + [0.7, 0.7, 0.7] + [0.05] * 10
+    assert [ph for ph, _ in phases(run(stream(late), p))] == ["start", "end"]
 
 
 def test_flicker_around_the_threshold_does_not_chatter() -> None:
@@ -163,7 +201,7 @@ def test_non_speech_windows_move_nothing() -> None:
     det = SpikeDetector(labels=LABELS, params=DEFAULT_DETECTOR_PARAMS)
     assert [e for k in range(1, 100) for e in det.update(scores(k * HOP, 1.0, speech=False))] == []
     snap = det.snapshot()["angry"]
-    assert snap.score is None and snap.baseline == 0.0 and not snap.baseline_ready
+    assert snap.score is None and snap.baseline == 0.05 and not snap.baseline_ready
 
 
 def test_silence_ends_a_spike_at_the_last_speech() -> None:
@@ -318,3 +356,93 @@ def test_end_on_the_spikes_last_windows_keeps_one_dip_from_ending_it() -> None:
     assert phases(three_window_end)[1] == ("end", 24.0)
     with pytest.raises(ConfigError, match="end_smoothing_windows=-1"):
         SpikeDetector(labels=LABELS, params=dataclasses.replace(fast, end_smoothing_windows=-1))
+
+
+def test_a_dip_within_merge_gap_is_one_episode() -> None:
+    """One episode with short dips is one spike; a return after the gap is a new one."""
+    one = dataclasses.replace(DEFAULT_DETECTOR_PARAMS, smoothing_windows=1)
+    merged = dataclasses.replace(one, merge_gap_s=3.0)
+    dip = [0.05] * 40 + [0.9] * 10 + [0.2] * 4 + [0.9] * 10 + [0.05] * 20
+    # without the gap: onset at the first 0.9 (k=41, t=20.5), ends at the first 0.2
+    # (k=51, t=25.5), cool-down to 30.5; the anger is back at k=55 (t=27.5) but may
+    # not start until t=30.5: two spikes for one episode
+    assert phases(run(stream(dip), one)) == [
+        ("start", 20.5),
+        ("end", 25.5),
+        ("start", 30.5),
+        ("end", 32.5),
+    ]
+    # with it: the end met at t=25.5 is held; 0.9 at t=27.5 (2 s later) continues the
+    # spike, which ends where the anger stops (k=65, t=32.5), reported 3 s later
+    events = run(stream(dip), merged)
+    assert phases(events) == [("start", 20.5), ("end", 32.5)]
+    assert events[1].payload["detected_at"] == pytest.approx(35.5)
+    assert events[1].payload["duration_s"] == pytest.approx(12.0)
+    # a dip longer than the gap: two spikes, the first ending where its end was met
+    long_dip = [0.05] * 40 + [0.9] * 10 + [0.2] * 14 + [0.9] * 10 + [0.05] * 20
+    events = run(stream(long_dip), merged)
+    assert phases(events) == [("start", 20.5), ("end", 25.5), ("start", 32.5), ("end", 37.5)]
+    assert events[1].payload["detected_at"] == pytest.approx(28.5)
+    # a held end at hang-up is reported as met, not as call_end
+    events = run(stream([0.05] * 40 + [0.9] * 10 + [0.2] * 2), merged, finish_t=26.0)
+    assert phases(events) == [("start", 20.5), ("end", 25.5)]
+    assert events[1].payload["reason"] == "score_fell"
+
+
+def test_low_confidence_windows_move_nothing_and_hold_off_starts() -> None:
+    p = dataclasses.replace(DEFAULT_DETECTOR_PARAMS, low_confidence_hold_s=5.0)
+
+    def low(w: EmotionScores) -> EmotionScores:
+        return dataclasses.replace(w, low_confidence=True, low_confidence_reason="synthetic")
+
+    # synthetic speech the model calls angry: every window flagged -> nothing at all
+    assert run([low(w) for w in stream([0.95] * 100)], p, finish_t=50.0) == []
+    # flagged windows mixed with unflagged "angry" ones: no start within 5 s of a flag
+    mixed = [low(w) if i % 4 else w for i, w in enumerate(stream([0.95] * 100))]
+    assert run(mixed, p, finish_t=50.0) == []
+    # real calm speech, then real anger 5 s after the last flagged window: it spikes
+    windows = [low(w) for w in stream([0.95] * 10)] + stream([0.05] * 30 + [0.9] * 20, first_k=11)
+    det = SpikeDetector(labels=LABELS, params=p)
+    events = [e for w in windows for e in det.update(w)]
+    assert phases(events)[0] == ("start", 21.0)
+    # the flagged windows set neither the baseline nor the speech count
+    assert det.snapshot()["angry"].baseline == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_merged_spikes_keep_their_invariants(seed: int) -> None:
+    """With merge_gap_s: spikes alternate start/end, never overlap, an end is reported
+    merge_gap_s (or more) after it was met, and every gap between spikes has no window
+    meeting the start rule within merge_gap_s of the earlier end."""
+    rng = np.random.default_rng(seed)
+    p = dataclasses.replace(DEFAULT_DETECTOR_PARAMS, merge_gap_s=3.0)
+    values = []
+    while len(values) < 600:
+        values += [float(rng.choice([0.05, 0.3, 0.9]))] * int(rng.integers(1, 12))
+    windows = stream(values)
+    events = run(windows, p, finish_t=HOP * (len(values) + 1))
+    assert [e.payload["phase"] for e in events] == ["start", "end"] * (len(events) // 2)
+    for start, end in zip(events[::2], events[1::2], strict=True):
+        assert end.payload["started_at"] == start.t
+        if end.payload["reason"] != "call_end":
+            assert end.payload["detected_at"] - end.t >= p.merge_gap_s - 1e-9
+    ends = [e.t for e in events[1::2]]
+    starts = [e.t for e in events[2::2]]
+    assert all(b - a >= p.cooldown_s - 1e-9 for a, b in zip(ends, starts, strict=False))
+    assert len(events) >= 4
+
+
+def test_an_early_spike_needs_its_anger_to_hold_for_early_min_duration_s() -> None:
+    """Before the voice is known a candidate is confirmed only after early_min_duration_s
+    (2 s) with the mean raw score since its onset at early_on_threshold (0.75)."""
+    p = dataclasses.replace(DEFAULT_DETECTOR_PARAMS, smoothing_windows=1, min_duration_s=0.5)
+    assert p.early_min_duration_s == 2.0
+    # a calm caller's high first windows: mean 0.70 over the 2 s -> dropped, no spike
+    assert run(stream([0.9, 0.8, 0.6, 0.6, 0.6] + [0.05] * 30), p) == []
+    # an angry caller: mean 0.82 -> onset t=0.5, confirmed at t=2.5
+    events = run(stream([0.9, 0.8, 0.8, 0.8, 0.8] + [0.05] * 30), p)
+    assert phases(events) == [("start", 0.5), ("end", 3.0)]
+    assert events[0].payload["detected_at"] == pytest.approx(2.5)
+    assert events[0].payload["baseline_ready"] is False
+    # at hang-up, a young early candidate is not reported
+    assert run(stream([0.9, 0.9]), p, finish_t=1.5) == []

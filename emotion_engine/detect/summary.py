@@ -215,9 +215,10 @@ class CallSummarizer:
             ) from None
 
     def update(self, scores: EmotionScores) -> None:
-        """Add one window (speech windows count, others only move the clock)."""
+        """Add one window (speech windows count, others -- and speech flagged low
+        confidence -- only move the clock)."""
         self._t_last = max(self._t_last, scores.t)
-        if not scores.is_speech:
+        if not scores.is_speech or scores.low_confidence:
             return
         p = self._vector(scores)
         self._n_speech += 1

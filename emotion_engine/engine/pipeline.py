@@ -47,8 +47,9 @@ from emotion_engine.errors import AudioError, ConfigError, EngineError
 from emotion_engine.features.functionals import FUNCTIONAL_NAMES, compute_functionals
 from emotion_engine.features.lld import LLD_NAMES, compute_lld_at
 from emotion_engine.frames import AudioChunk, EmotionScores
+from emotion_engine.model.confidence import DomainCheck
 from emotion_engine.model.normalise import CallNormaliser
-from emotion_engine.model.runtime import EmotionModel
+from emotion_engine.model.runtime import EmotionModel, ModelOutput
 from emotion_engine.publish.events import Event
 
 log = logging.getLogger(__name__)
@@ -156,9 +157,18 @@ class Engine:
         *,
         model: EmotionModel,
         params: EngineParams = DEFAULT_ENGINE_PARAMS,
+        domain: DomainCheck | None = None,
     ) -> None:
         self.model = model
         self.params = params
+        # low-confidence check of speech windows: statistics beside the model, if any
+        self.domain = (
+            domain
+            if domain is not None
+            else DomainCheck.load(
+                model.onnx_path.parent, feature_names=model.feature_names, params=params.confidence
+            )
+        )
         self._legs: dict[LegKey, _Leg] = {}
         self._n_lld = len(LLD_NAMES)
         # history buffer rows per leg: one window plus ~5 ticks of new frames, so the
@@ -469,17 +479,11 @@ class Engine:
         min_voiced = self.params.window.min_voiced_frames
         lengths = np.fromiter((len(w.lld) for w in due), dtype=np.float64, count=len(due))
         speech = ratios.astype(np.float64) * lengths >= min_voiced  # voiced frames >= gate
-        normalised = self.model.call_norm is not None
-        if normalised:
-            # each leg's windows in time order against that leg's running statistics
-            by_leg: dict[LegKey, list[int]] = {}
-            for i, w in enumerate(due):
-                by_leg.setdefault(w.leg.key, []).append(i)
-            for idx in by_leg.values():
-                norm = due[idx[0]].leg.normaliser
-                assert norm is not None
-                features[idx] = norm.apply(features[idx], is_speech=speech[idx])
-        output = self.model.predict(features, normalised=normalised)
+        verdict = self.domain.check(features, is_speech=speech)
+        if self.model.call_norm is not None:
+            output = self._predict_per_call(due, features, speech & ~verdict.low)
+        else:
+            output = self.model.predict(features)
         events: list[Event] = []
         labels = self.model.labels
         # Python floats for all windows at once (tolist gives the same values as
@@ -488,6 +492,8 @@ class Engine:
         arousal = output.arousal.tolist()
         ratio_list = ratios.tolist()
         speech_list = speech.tolist()
+        low_list = verdict.low.tolist()
+        distance_list = verdict.distance.tolist()
         for i, w in enumerate(due):
             if w.leg.key not in self._legs:  # the leg failed earlier in this batch
                 continue
@@ -499,12 +505,57 @@ class Engine:
                 arousal=arousal[i],
                 voiced_ratio=ratio_list[i],
                 is_speech=speech_list[i],
+                low_confidence=low_list[i],
+                low_confidence_reason=verdict.reason(i) if low_list[i] else None,
+                ood_distance=(
+                    round(distance_list[i], 2)
+                    if speech_list[i] and distance_list[i] == distance_list[i]  # not NaN
+                    else None
+                ),
             )
             try:
                 events += w.leg.tracker.update(scores)
             except Exception as exc:
                 events += self._fail(w.leg, exc)
         return events
+
+    def _predict_per_call(
+        self, due: list[_DueWindow], features: NDArray[np.float32], trusted: NDArray[np.bool_]
+    ) -> ModelOutput:
+        """A per-call normalised model: each leg's windows in time order, each normalised
+        by the statistics of that leg's earlier windows judged calm (trusted speech whose
+        spike-emotion scores stay at or below the detector's ``calm_max_score``), so a caller
+        angry from the start, or for long, is not normalised into their own "normal".
+        ``trusted``: (n,) speech windows not flagged low confidence. One model run per
+        round of the legs' k-th due windows (one round a tick when live)."""
+        by_leg: dict[LegKey, list[int]] = {}
+        for i, w in enumerate(due):
+            by_leg.setdefault(w.leg.key, []).append(i)
+        labels = self.model.labels
+        watch = [labels.index(e) for e in self.params.detector.spike_emotions if e in labels]
+        calm_max = self.params.detector.calm_max_score
+        probabilities = np.empty((len(due), len(labels)), dtype=np.float32)
+        arousal = np.empty(len(due), dtype=np.float32)
+        rounds = max(len(idx) for idx in by_leg.values())
+        for k in range(rounds):
+            rows = [idx[k] for idx in by_leg.values() if len(idx) > k]
+            z = np.empty((len(rows), features.shape[1]), dtype=np.float32)
+            for j, i in enumerate(rows):
+                norm = due[i].leg.normaliser
+                assert norm is not None
+                z[j] = norm.normalise(features[i : i + 1])[0]
+            out = self.model.predict(z, normalised=True)
+            probabilities[rows] = out.probabilities
+            arousal[rows] = out.arousal
+            calm = trusted[rows]
+            if watch:
+                calm &= out.probabilities[:, watch].max(axis=1) <= calm_max
+            for j, i in enumerate(rows):
+                if calm[j]:
+                    norm = due[i].leg.normaliser
+                    assert norm is not None
+                    norm.learn(features[i : i + 1])
+        return ModelOutput(probabilities=probabilities, arousal=arousal)
 
     def _fail(self, leg: _Leg, exc: BaseException) -> list[Event]:
         """End one leg after an unexpected error; the others go on."""

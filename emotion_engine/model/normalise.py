@@ -15,14 +15,20 @@ with ``n`` speech windows seen so far, ``m0``/``v0`` the population mean and typ
 within-speaker variance, and ``k`` the prior weight in windows: the prior counts as
 ``k`` windows of a typical speaker. With no speech yet a window is scored against the
 population (a sane first reading); after a few times ``k`` windows the call's own voice
-dominates. A window is normalised by the statistics of the speech windows *before* it,
-then added to them, so a sudden change (the anger the detector looks for) stands out
-against the call's earlier voice instead of being half-absorbed into it.
+dominates. A window is normalised by the statistics of the windows *before* it, so a
+sudden change (the anger the detector looks for) stands out against the call's earlier
+voice instead of being half-absorbed into it. The live engine adds a window to the
+statistics only when it was judged calm speech (trusted speech whose spike-emotion
+scores stay at or below ``DetectorParams.calm_max_score``): a caller angry from the first
+word, or for a long stretch, is compared with the population and their calm speech,
+never normalised into "angry is normal".
 
 Use::
 
     norm = CallNormaliser(params)                    # one per call leg
-    z = norm.apply(features, is_speech=speech)       # (n_windows, n_features), in order
+    z = norm.normalise(features)                     # (n_windows, n_features), in order
+    norm.learn(features[calm])                       # after the model judged them
+    z = norm.apply(features, is_speech=speech)       # or: every speech window joins
 """
 
 from __future__ import annotations
@@ -193,6 +199,30 @@ class CallNormaliser:
             sum_d2=self.sum_d2,
         )
         return z
+
+    def normalise(self, features: NDArray[np.floating]) -> NDArray[np.float32]:
+        """(n, n_features) windows against the statistics so far, which they do not
+        join; returns (n, n_features) float32. Follow with :meth:`learn` for the windows
+        judged calm (the engine's path)."""
+        x = np.asarray(features, dtype=np.float64)
+        z, *_ = running_zscore(
+            x=x,
+            update=np.zeros(x.shape[0], dtype=bool),
+            params=self.params,
+            count=self.count,
+            sum_d=self.sum_d,
+            sum_d2=self.sum_d2,
+        )
+        return z
+
+    def learn(self, features: NDArray[np.floating]) -> None:
+        """Add (n, n_features) windows to the statistics (windows judged calm speech)."""
+        d = np.asarray(features, dtype=np.float64) - self.params.mean
+        if d.ndim != 2 or d.shape[1] != self.params.n_features:
+            raise ModelError(f"features must be (n, {self.params.n_features}), got {d.shape}")
+        self.count += d.shape[0]
+        self.sum_d = self.sum_d + d.sum(axis=0)
+        self.sum_d2 = self.sum_d2 + np.square(d).sum(axis=0)
 
     def reset(self) -> None:
         self.count = 0.0

@@ -248,7 +248,8 @@ def emotion_update(
     ``window_s``: window length in seconds (``window`` = ``[t - window_s, t]``, clipped
     at 0). ``dominant`` is the most probable label, or None for a non-speech window.
     ``valence`` and ``detector`` (per spike emotion: state, smoothed score, baseline)
-    are added when given.
+    are added when given; speech windows carry ``low_confidence`` (with its reason and
+    the ``ood_distance`` when checked: ``model/confidence.py``).
     """
     payload: dict[str, Any] = {
         "probabilities": dict(scores.probabilities),
@@ -260,6 +261,12 @@ def emotion_update(
     }
     if valence is not None:
         payload["valence"] = valence
+    if scores.is_speech:
+        payload["low_confidence"] = scores.low_confidence
+        if scores.low_confidence_reason is not None:
+            payload["low_confidence_reason"] = scores.low_confidence_reason
+        if scores.ood_distance is not None:
+            payload["ood_distance"] = scores.ood_distance
     if detector is not None:
         payload["detector"] = {k: dict(v) for k, v in detector.items()}
     return Event(EMOTION_UPDATE, scores.call_id, scores.party, scores.t, payload)
