@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,7 @@ from emotion_engine.ingest.audiohook import AudioHookSession, parse_duration  # 
 from emotion_engine.ingest.audiosocket import AudioSocketSession  # noqa: E402
 from emotion_engine.ingest.base import LegStarted, ProtocolViolation, loads_json, parse_decimal  # noqa: E402
 from emotion_engine.ingest.l16 import L16Session, parse_rate  # noqa: E402
+from emotion_engine.ingest.rtp import RtpIngest, RtpPacket  # noqa: E402
 from emotion_engine.ingest.sdp import answer_offer, parse_sdp  # noqa: E402
 from emotion_engine.ingest.sip import (  # noqa: E402
     MediaStart,
@@ -221,9 +223,36 @@ def test_sdp_format_that_is_no_ascii_number_is_skipped() -> None:
     assert answer.accepted and answer.codecs == (0,)
 
 
-def test_siprec_metadata_with_an_unknown_encoding_is_a_protocol_error() -> None:
-    with pytest.raises(ProtocolError, match="unknown encoding: x-fuzz"):
-        parse_metadata(b'<?xml version="1.0" encoding="x-fuzz"?><recording/>')
+@pytest.mark.parametrize(
+    ("encoding", "message"),
+    [("x-fuzz", "unknown encoding: x-fuzz"), ("shift_jis", "multi-byte encodings")],
+)
+def test_siprec_metadata_in_an_encoding_xml_cannot_read_is_a_protocol_error(
+    encoding: str, message: str
+) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        parse_metadata(f'<?xml version="1.0" encoding="{encoding}"?><recording/>'.encode())
+
+
+def test_rtp_batch_opens_legs_in_arrival_order_whatever_junk_came_first() -> None:
+    """A short datagram's "SSRC" bytes (zeros here, stale bytes in the server's reused
+    rows) once put it in the group of the leg with that SSRC, which then opened at
+    the junk's place in the batch: at max_legs the wrong leg won."""
+
+    def packet(ssrc: int) -> bytes:
+        return RtpPacket(payload_type=0, sequence=1, timestamp=0, ssrc=ssrc, payload=bytes(160))
+
+    datagrams = [b"\x80", packet(5).serialize(), packet(0).serialize()]
+    rows = np.zeros((3, 2048), np.uint8)
+    for i, data in enumerate(datagrams):
+        rows[i, : len(data)] = np.frombuffer(data, np.uint8)
+    addrs = [("198.51.100.7", 4000)] * 3
+    one, batch = RtpIngest(max_legs=1), RtpIngest(max_legs=1)
+    started = [o for d in datagrams for o in one.receive_datagram(d, addrs[0], 0.0)]
+    batched = batch.receive_batch(rows, [len(d) for d in datagrams], addrs, 0.0)
+    [first] = [o.info["ssrc"] for o in started if isinstance(o, LegStarted)]
+    assert first == 5
+    assert [o.info["ssrc"] for o in batched if isinstance(o, LegStarted)] == [first]
 
 
 def _twilio_with(media_timestamp: object) -> list[object]:

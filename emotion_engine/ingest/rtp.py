@@ -394,8 +394,14 @@ class RtpIngest:
         # group's rows are one slice. A leg that got anything unusual in this batch
         # (DTMF, comfort noise, an extended header) has all its datagrams handled one
         # by one, in order: a DTMF packet occupies a sequence number between two audio
-        # packets. Junk and RTCP land in groups of their own (their "SSRC" bytes are
-        # whatever they hold), which are handled one by one too.
+        # packets. Junk and RTCP get a group each, handled one by one too: their "SSRC"
+        # bytes are whatever they hold (a short datagram's are left over from an earlier
+        # read), and sharing a leg's group would open that leg at the junk's place in
+        # the batch instead of at its own first packet (which leg wins at max_legs).
+        not_rtp = (size < HEADER_SIZE) | ((rows[:, 0] >> 6) != RTP_VERSION)
+        not_rtp |= (rows[:, 1] >= 192) & (rows[:, 1] <= 223)  # RTCP, as is_rtcp says
+        for i in np.flatnonzero(not_rtp).tolist():
+            ssrc_l[i] = -1 - i
         keys = [
             (addr if len(addr) == 2 else _peer(addr), ssrc)
             for addr, ssrc in zip(addrs, ssrc_l, strict=False)

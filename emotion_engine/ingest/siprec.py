@@ -176,7 +176,8 @@ def parse_metadata(data: bytes) -> RecordingMetadata:
         raise ProtocolError("recording metadata with a DOCTYPE/ENTITY is refused")
     try:
         root = ET.fromstring(data)
-    except (ET.ParseError, LookupError) as exc:  # LookupError: an unknown encoding=
+    # LookupError: an unknown encoding=; ValueError: a multi-byte one (shift_jis, UTF-7)
+    except (ET.ParseError, LookupError, ValueError) as exc:
         raise ProtocolError(f"recording metadata is not well-formed XML: {exc}") from exc
     if _local(root.tag) != "recording":
         raise ProtocolError(f"recording metadata root is <{_local(root.tag)}>, not <recording>")
