@@ -121,6 +121,13 @@ def test_unexpected_reports_what_the_parser_may_not_raise() -> None:
     assert isinstance(unexpected(Target("t", boom, (), "boom"), b"x"), ProtocolError)
 
 
+def test_rtp_target_reads_datagrams_as_the_server_does() -> None:
+    from benchmarks.fuzz.targets import RTP_MAX_DATAGRAM
+    from emotion_engine.server import RTP_MAX_DATAGRAM as SERVER_MAX
+
+    assert RTP_MAX_DATAGRAM == SERVER_MAX
+
+
 def test_frame_format_round_trips() -> None:
     frames: list[str | bytes] = ['{"event":"start"}', b"\x00\n\xff#", "", b""]
     assert decode_frames(encode_frames(frames)) == frames
