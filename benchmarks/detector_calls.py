@@ -52,7 +52,7 @@ PREVIOUS = dataclasses.replace(
     calm_max_score=1.0,
     merge_gap_s=0.0,
     early_min_duration_s=0.0,
-    low_confidence_hold_s=0.0,
+    low_confidence_window_s=0.0,
 )
 
 

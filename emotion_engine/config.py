@@ -127,9 +127,11 @@ class DetectorParams:
     # same spike (t of the end stays where the end rule was first met).
     merge_gap_s: float = 3.0
     # Speech flagged low confidence (synthetic speech, music, tones: model/confidence.py)
-    # moves nothing; after such a window no spike starts for this long, so the few
-    # windows of artificial audio the check misses cannot start one either.
-    low_confidence_hold_s: float = 5.0
+    # moves nothing, and no spike starts while more than low_confidence_max_flagged
+    # windows of the last low_confidence_window_s were flagged: the windows of artificial
+    # audio the check misses start nothing, and a real caller's rare flag holds nothing.
+    low_confidence_window_s: float = 5.0
+    low_confidence_max_flagged: int = 1
     # A confirmed spike ends on the mean of its last this-many speech windows (counted from
     # the onset), so a start on a short average does not make a spike that one calmer
     # window ends; 0: the same windows as the start (smoothing_windows).

@@ -33,7 +33,8 @@ Conditions (times are seconds of call audio):
   recorded with other detector settings). Once per call. Evidence: ``emotion``,
   ``count``, ``within_s``, ``first_at``.
 - ``high_arousal_at_start`` (``speech_s``, ``min_arousal``): the mean arousal over the
-  party's first ``speech_s`` seconds of speech reached ``min_arousal``; judged once,
+  party's first ``speech_s`` seconds of speech (windows flagged ``low_confidence`` left
+  out) reached ``min_arousal``; judged once,
   when that much speech has been heard. Evidence: ``arousal``, ``speech_s``,
   ``min_arousal``.
 - ``ended_upset`` (``max_end_valence``): the leg ended with an end-state valence
@@ -529,7 +530,8 @@ class RuleEngine:
     def _on_update(self, e: Mapping[str, Any], state: _LegState, rules: list[Rule]) -> list[Event]:
         t = float(e["t"])
         hints: list[Event] = []
-        if e.get("is_speech") and len(state.start_arousal) < self._max_start_windows:
+        trusted = e.get("is_speech") and not e.get("low_confidence")
+        if trusted and len(state.start_arousal) < self._max_start_windows:
             state.start_arousal.append(float(e["arousal"]))
             n = len(state.start_arousal)
             for rule in rules:

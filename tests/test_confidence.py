@@ -258,6 +258,20 @@ def test_real_speech_is_not_low_confidence_at_any_level(
             assert any(s["phase"] == "start" for s in spikes(events))
 
 
+@pytest.mark.data
+@pytest.mark.parametrize("snr_db", [20.0, 10.0])
+def test_real_speech_on_a_noisy_line_is_not_low_confidence(
+    model: EmotionModel, call_pcm: NDArray[np.int16], snr_db: float
+) -> None:
+    from emotion_engine.training.confidence_fit import add_noise
+
+    x = call_pcm.astype(np.float32) / 32768.0
+    noisy = add_noise(samples=x, rng=np.random.default_rng(5), snr_db=snr_db)
+    updates = speech_updates(stream(model, noisy))
+    assert len(updates) >= 20
+    assert np.mean([u["low_confidence"] for u in updates]) <= 0.05
+
+
 def test_the_fused_check_equals_the_statistics_two_tests() -> None:
     """DomainCheck folds distance and discriminant into one product: compare with
     DomainStats.distance / .artificial on real and random rows."""

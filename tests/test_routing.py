@@ -313,9 +313,12 @@ def test_rule_engine_by_hand() -> None:
         parse_rules(tomllib.loads(TEST_RULES)), labels=LABELS, spike_emotions=("angry",)
     )
     events = [start()]
-    # first 2 s of speech (4 windows; the silent one does not count): mean arousal 0.75
+    # first 2 s of speech (4 windows; the silent one and the low-confidence one do not
+    # count): mean arousal 0.75
+    synthetic = {**update(0.7, arousal=1.0), "low_confidence": True}
     events += [
         update(0.5, speech=False, arousal=1.0),
+        synthetic,
         update(1.0, arousal=0.9),
         update(1.5, arousal=0.8),
         update(2.0, arousal=0.6),

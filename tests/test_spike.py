@@ -390,17 +390,22 @@ def test_a_dip_within_merge_gap_is_one_episode() -> None:
 
 
 def test_low_confidence_windows_move_nothing_and_hold_off_starts() -> None:
-    p = dataclasses.replace(DEFAULT_DETECTOR_PARAMS, low_confidence_hold_s=5.0)
+    p = DEFAULT_DETECTOR_PARAMS
+    assert (p.low_confidence_window_s, p.low_confidence_max_flagged) == (5.0, 1)
 
     def low(w: EmotionScores) -> EmotionScores:
         return dataclasses.replace(w, low_confidence=True, low_confidence_reason="synthetic")
 
     # synthetic speech the model calls angry: every window flagged -> nothing at all
     assert run([low(w) for w in stream([0.95] * 100)], p, finish_t=50.0) == []
-    # flagged windows mixed with unflagged "angry" ones: no start within 5 s of a flag
+    # one in four "angry" windows unflagged: 2+ flagged in every 5 s -> no start
     mixed = [low(w) if i % 4 else w for i, w in enumerate(stream([0.95] * 100))]
     assert run(mixed, p, finish_t=50.0) == []
-    # real calm speech, then real anger 5 s after the last flagged window: it spikes
+    # a real caller with one flagged window in the anger still spikes
+    values = [0.05] * 40 + [0.9] * 20 + [0.05] * 10
+    one_flag = [low(w) if i == 41 else w for i, w in enumerate(stream(values))]
+    assert [ph for ph, _ in phases(run(one_flag, p))] == ["start", "end"]
+    # real calm speech, then real anger once the flags are 5 s old: it spikes
     windows = [low(w) for w in stream([0.95] * 10)] + stream([0.05] * 30 + [0.9] * 20, first_k=11)
     det = SpikeDetector(labels=LABELS, params=p)
     events = [e for w in windows for e in det.update(w)]

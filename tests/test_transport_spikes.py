@@ -2,7 +2,8 @@
 
 The bundled demo call (one customer angry from 32.3 s to 51.9 s, with a calmer moment
 and an agent reply inside) is streamed to a real ``serve`` on loopback ports over L16
-(8 and 16 kHz), Twilio media (mu-law), RTP PCMU and PCMA, and analysed from its file.
+(8 and 16 kHz), Twilio media (mu-law), RTP PCMU and PCMA, a SIP call (TCP signalling,
+RTP in the answered codec), and analysed from its file.
 Each path must give the customer exactly one anger spike, the same one within one
 window hop, and the built-in routing rules must not read it as repeated anger.
 Before episodes were merged, L16's slightly lower scores (no companding noise) split
@@ -15,6 +16,7 @@ import asyncio
 import json
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -113,7 +115,55 @@ async def over_the_wire(model: EmotionModel, stereo: np.ndarray) -> dict[str, li
             out[f"RTP {law.upper()}"] = await _collect(server, send)
     finally:
         await server.stop()
+    out["SIP"] = await over_sip(model, customer)
     return out
+
+
+async def over_sip(model: EmotionModel, customer: np.ndarray) -> list[dict[str, Any]]:
+    """A SIP call over TCP (INVITE offering PCMA and PCMU, ACK, RTP in the answered
+    codec, BYE), as tests/test_sip_server.py drives it."""
+    from test_sip_server import offer, request
+
+    from emotion_engine.ingest.sdp import parse_sdp
+    from emotion_engine.ingest.sip import SipStreamFramer, parse_message, parse_name_addr
+
+    params = replace(LOOPBACK, sip="127.0.0.1:0", sip_rtp_ports="0")
+    service = EngineService(engine=Engine(model=model), tick_s=params.tick_s)
+    server = EngineServer(params=params, service=service)
+    addr = await server.start()
+    try:
+        assert addr.sip_port is not None
+        async with subscribe(addr.urls()["events"], party="customer") as ws:
+            reader, writer = await asyncio.open_connection("127.0.0.1", addr.sip_port)
+            local = writer.get_extra_info("sockname")[:2]
+            framer = SipStreamFramer()
+
+            async def next_message() -> Any:
+                while True:
+                    for raw in framer.feed(await reader.read(65536)):
+                        if raw:
+                            return parse_message(raw, stream=True)
+
+            sip = {"transport": "TCP", "local": local, "call_id": "sip-call"}
+            writer.write(request("INVITE", cseq=1, body=offer(9), **sip))  # type: ignore[arg-type]
+            ok = await asyncio.wait_for(next_message(), 5)
+            tag = parse_name_addr(ok.get("to") or "").tag
+            media = parse_sdp(ok.body).media[0]
+            writer.write(request("ACK", cseq=1, to_tag=tag, **sip))  # type: ignore[arg-type]
+            law = "pcma" if media.formats[0] == "8" else "pcmu"
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for i, packet in enumerate(rtp(customer, law=law, ssrc=0x5151)):
+                sock.sendto(packet, ("127.0.0.1", media.port))
+                if i % 10 == 9:
+                    await asyncio.sleep(0.01)
+            sock.close()
+            await asyncio.sleep(0.3)  # the jitter buffer's last packets
+            writer.write(request("BYE", cseq=2, to_tag=tag, **sip))  # type: ignore[arg-type]
+            events = await collect_until(ws, count=1, timeout_s=90)
+            writer.close()
+    finally:
+        await server.stop()
+    return events
 
 
 def test_the_demo_call_gives_one_spike_on_every_transport(model: EmotionModel) -> None:
@@ -127,6 +177,8 @@ def test_the_demo_call_gives_one_spike_on_every_transport(model: EmotionModel) -
     paths["file (FLAC)"] = file_events
 
     spikes = {name: customer_spikes(events) for name, events in paths.items()}
+    for name, got in spikes.items():
+        print(f"{name:12s} {got}")  # shown with -s: the cross-transport table
     for name, got in spikes.items():
         assert [phase for phase, _ in got] == ["start", "end"], f"{name}: {got}"
     starts = [got[0][1] for got in spikes.values()]

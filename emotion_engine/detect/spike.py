@@ -5,8 +5,10 @@ For each emotion in ``params.spike_emotions`` (default: angry) the detector foll
 window with ``is_speech=False`` -- or speech flagged ``low_confidence`` (synthetic
 speech, music, tones: ``model/confidence.py``) -- moves neither the smoothing, nor the
 baseline, nor the spike state; it can only end a spike after ``silence_end_s`` without
-trusted speech. After a low-confidence window no spike starts for
-``low_confidence_hold_s``.
+trusted speech. No spike starts (or continues within ``merge_gap_s``) while more than
+``low_confidence_max_flagged`` windows of the last ``low_confidence_window_s`` were
+flagged: artificial audio the check misses now and then starts nothing, while real
+speech (flagged rarely) is not held back.
 
 Rules, per emotion (all scores are probabilities 0..1, all times seconds of call audio):
 
@@ -112,6 +114,11 @@ def validate_detector_params(params: DetectorParams) -> None:
             f"DetectorParams.end_smoothing_windows={params.end_smoothing_windows!r} must be "
             ">= 0 (0: the same windows as smoothing_windows)"
         )
+    if params.low_confidence_max_flagged < 0:
+        raise ConfigError(
+            f"DetectorParams.low_confidence_max_flagged={params.low_confidence_max_flagged!r} "
+            "must be >= 0"
+        )
     if params.smoothing_windows < 1:
         raise ConfigError(
             f"DetectorParams.smoothing_windows={params.smoothing_windows!r} must be >= 1"
@@ -130,7 +137,7 @@ def validate_detector_params(params: DetectorParams) -> None:
         "silence_end_s",
         "merge_gap_s",
         "prior_weight_s",
-        "low_confidence_hold_s",
+        "low_confidence_window_s",
         "early_min_duration_s",
     ):
         value = getattr(params, name)
@@ -169,7 +176,7 @@ class _Track:
         self.peak = 0.0
         self.confirm_score = 0.0
         self.cooldown_until = -math.inf
-        self.last_low_t = -math.inf  # the last window flagged low confidence
+        self.flagged: deque[float] = deque()  # t of recent windows flagged low confidence
         # an end met but held for merge_gap_s: (t, reason, score)
         self.pending_end: tuple[float, str, float] | None = None
 
@@ -243,10 +250,13 @@ class _Track:
     ) -> list[Event]:
         """One window: ``raw`` is the emotion's probability, None for a window that is
         not speech or (``low``) speech flagged low confidence."""
+        flagged = self.flagged
         if low:
-            self.last_low_t = t
+            flagged.append(t)
             if self.state is SpikeState.CANDIDATE:
                 self.state = SpikeState.IDLE
+        while flagged and flagged[0] < t - self.p.low_confidence_window_s + 1e-9:
+            flagged.popleft()
         if raw is None:
             silent_for = math.inf if self.last_speech_t is None else t - self.last_speech_t
             if self.state is SpikeState.ACTIVE:
@@ -270,7 +280,7 @@ class _Track:
         if self.state is SpikeState.COOLDOWN and t >= self.cooldown_until - 1e-9:
             self.state = SpikeState.IDLE
 
-        trusted = t - self.last_low_t >= self.p.low_confidence_hold_s - 1e-9
+        trusted = len(flagged) <= self.p.low_confidence_max_flagged
         if self.state is SpikeState.IDLE:
             if trusted and self._starts(smoothed):
                 self.state = SpikeState.CANDIDATE

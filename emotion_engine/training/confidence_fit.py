@@ -4,7 +4,8 @@
 
 Every speaker of every corpus becomes one stream: their clips (all emotions, at most
 ``--clips-per-speaker``) in random order with 0.3-0.8 s pauses of quiet noise, as in
-the stitched calls, once through G.711 mu-law and once clean (L16). The stream's
+the stitched calls, through G.711 mu-law, clean (L16), and with white or brown noise at
+5-30 dB SNR then mu-law (a noisy line is still natural speech). The stream's
 windows are the engine's (2 s, every 0.5 s, the first after 1 s; the same LLD and
 functional code); speech windows (the voice gate) are kept.
 
@@ -13,8 +14,11 @@ shrunk covariance, ``whiten`` the Cholesky factor of its inverse (see
 ``model/confidence.py``). The threshold is the ``--percentile`` of the squared distances
 of every corpus's windows under statistics fitted *without* that corpus
 (leave-one-corpus-out, each corpus weighted equally), so the false low-confidence
-rate it gives is the one on speech from unseen corpora. The file records, per corpus,
-that held-out rate and the in-sample rate of the final fit.
+rate it gives is the one on speech from unseen corpora. The synthetic discriminant (a
+logistic regression, real vs artificial: espeak-ng speech in the languages of
+:data:`ESPEAK_LANGUAGES` and numpy-made melodies and chords, each clean and noisy) gets
+its bar the same way. The file records, per corpus, those held-out rates and the
+in-sample rate of the final fit. Needs ``espeak-ng`` (``make system-deps``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,26 @@ from emotion_engine.model.confidence import DomainStats, gain_free
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = ("ulaw", "clean")
+CONDITIONS = ("ulaw", "clean", "noisy")
+NOISY_SNR_DB = (5.0, 30.0)
+"""The ``noisy`` condition: white or brown noise at an SNR drawn from this range, then
+mu-law: a noisy phone line is still natural speech, not out of domain."""
+
+
+def add_noise(
+    *, samples: NDArray[np.float32], rng: np.random.Generator, snr_db: float
+) -> NDArray[np.float32]:
+    """``samples`` (n,) plus white or brown (integrated, high-passed) noise at
+    ``snr_db`` below the signal's RMS over its non-silent part."""
+    level = np.sqrt(np.mean(np.square(samples[np.abs(samples) > 1e-3]))) if samples.size else 0.0
+    noise = rng.normal(0, 1, samples.size)
+    if rng.random() < 0.5:
+        noise = np.cumsum(noise)
+        noise -= np.convolve(noise, np.ones(80) / 80, mode="same")
+    noise *= float(level) / (np.sqrt(np.mean(noise**2)) + 1e-12) * 10 ** (-snr_db / 20)
+    return (samples + noise).astype(np.float32)
+
+
 FIRST_WINDOW_FRAMES = 100  # the engine's first window ends after 1 s
 
 
@@ -275,7 +298,7 @@ def synthetic_music(*, seed: int, n: int = 40, seconds: float = 8.0) -> list[NDA
 
 def artificial_windows(*, seed: int, cache: Path | None = None) -> NDArray[np.float32]:
     """Speech windows of synthetic speech and music, each at random gain, once clean,
-    once with a noise floor, through G.711 mu-law or A-law: (n, n_features)."""
+    once with noise at 5-30 dB SNR, through G.711 mu-law or A-law: (n, n_features)."""
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
             if tuple(z["names"]) == FUNCTIONAL_NAMES:
@@ -290,7 +313,7 @@ def artificial_windows(*, seed: int, cache: Path | None = None) -> NDArray[np.fl
         for noisy in (False, True):
             y = samples * np.float32(rng.uniform(0.05, 1.0))
             if noisy:
-                y = y + rng.normal(0, rng.uniform(3e-4, 5e-3), y.size).astype(np.float32)
+                y = add_noise(samples=y, rng=rng, snr_db=float(rng.uniform(*NOISY_SNR_DB)))
             law = "alaw" if rng.random() < 0.3 else "ulaw"
             out.append(stream_windows(samples=g711_roundtrip(samples=np.clip(y, -1, 1), law=law)))
     x = np.concatenate(out)
@@ -344,10 +367,15 @@ def corpus_windows(
     corpora: list[str] = []
     conditions: list[str] = []
     stream_ids: list[NDArray[np.int64]] = []
+    rng = np.random.default_rng(seed + 1)
     streams = _speaker_streams(data_dir, clips_per_speaker=clips_per_speaker, seed=seed)
     for k, (corpus, _speaker, samples) in enumerate(streams):
         for condition in CONDITIONS:
-            s = g711_roundtrip(samples=samples, law="ulaw") if condition == "ulaw" else samples
+            s = samples
+            if condition == "noisy":
+                s = add_noise(samples=samples, rng=rng, snr_db=float(rng.uniform(*NOISY_SNR_DB)))
+            if condition != "clean":
+                s = g711_roundtrip(samples=np.clip(s, -1, 1), law="ulaw")
             w = stream_windows(samples=s)
             xs.append(w)
             corpora += [corpus] * len(w)
