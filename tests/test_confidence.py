@@ -289,3 +289,27 @@ def test_the_fused_check_equals_the_statistics_two_tests() -> None:
     assert np.array_equal(
         verdict.low, verdict.tone | want | (stats.distance(full) > stats.threshold_d2)
     )
+
+
+def test_console_says_once_that_it_does_not_trust_the_audio() -> None:
+    from emotion_engine.publish.console import CueFormatter
+
+    def update(t: float, low: bool) -> dict[str, Any]:
+        e = {
+            "type": "emotion.update",
+            "call_id": "c",
+            "party": "customer",
+            "t": t,
+            "probabilities": {"neutral": 0.1, "angry": 0.9},
+            "arousal": 0.8,
+            "is_speech": True,
+            "low_confidence": low,
+        }
+        return e | ({"low_confidence_reason": "synthetic"} if low else {})
+
+    cues = CueFormatter()
+    lines = [cues.format(update(0.5 * k, low)) for k, low in enumerate([1, 1, 1, 0, 0], 1)]
+    assert lines[0] is not None and "not natural speech (synthetic)" in lines[0]
+    assert lines[1] is None and lines[2] is None
+    assert lines[3] is not None and "sounds angry" in lines[3]
+    assert lines[4] is None

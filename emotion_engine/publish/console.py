@@ -27,6 +27,7 @@ class CueFormatter:
     def __init__(self, *, verbose: bool = False) -> None:
         self.verbose = verbose
         self._dominant: dict[tuple[str, str], str] = {}
+        self._untrusted: set[tuple[str, str]] = set()  # legs now flagged low confidence
 
     def format(self, event: Mapping[str, Any]) -> str | None:
         kind = event.get("type")
@@ -57,8 +58,16 @@ class CueFormatter:
         probabilities: Mapping[str, float] = event.get("probabilities", {})
         if not probabilities:
             return None
-        dominant = max(probabilities, key=lambda k: probabilities[k])
         key = (str(event.get("call_id")), str(event.get("party")))
+        if event.get("low_confidence"):
+            if key in self._untrusted and not self.verbose:
+                return None
+            self._untrusted.add(key)
+            self._dominant.pop(key, None)
+            reason = str(event.get("low_confidence_reason") or "out_of_domain").replace("_", " ")
+            return f"{who} ?? not natural speech ({reason}): no cues until it is"
+        self._untrusted.discard(key)
+        dominant = max(probabilities, key=lambda k: probabilities[k])
         changed = self._dominant.get(key) != dominant
         self._dominant[key] = dominant
         if not (changed or self.verbose):
