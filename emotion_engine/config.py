@@ -275,7 +275,7 @@ class ServeParams:
     media_allow: str = ""  # comma-separated source addresses/networks; empty: loopback only
     media_host: str = ""  # their listen address; empty: host with media_allow, else loopback
     rtp_new_legs_per_s: float = 20.0  # new RTP legs (SSRCs) one source host may start a second
-    rtp_new_legs_burst: int = 100  # ... and at once
+    rtp_new_legs_burst: int = 1000  # ... and at once (a gateway may start a server's worth)
     rtp_probation_s: float = 0.5  # audio in step a new RTP leg must send before its call.start
     audiosocket_idle_timeout_s: float = 10.0  # close an AudioSocket connection silent this long
     audiosocket_max_per_source: int = 500  # open AudioSocket connections per source host

@@ -71,22 +71,26 @@ def feed(core: RtpIngest, packets: list[bytes], addr: tuple[str, int], t0: float
 
 
 def test_probation_holds_a_leg_until_its_packets_advance_in_step() -> None:
-    """Each spoofed SSRC sends one packet: no leg is announced. A real stream is
-    announced after 0.5 s of audio in step, with all of its audio from t = 0."""
+    """Each spoofed SSRC sends one packet (all read at one tick): no leg is announced,
+    and past the probation table's size they are dropped. A real stream arriving while
+    the table is still full takes the place of a quiet one and is announced after
+    0.5 s of audio in step, with all of its audio from t = 0."""
     core = RtpIngest(probation_s=0.5, max_probation_legs=64)
     flood = [
         RtpPacket(payload_type=0, sequence=1, timestamp=0, ssrc=s, payload=bytes(160)).serialize()
         for s in range(1000)
     ]
-    out = feed(core, flood, SRC, 0.0)
+    out = [o for data in flood for o in core.receive_datagram(data, SRC, 0.0)]
     assert not any(isinstance(o, LegStarted | AudioChunk) for o in out)
     assert core.n_probation == 64 and core.dropped == {"probation_full": 1000 - 64}
     assert {o.cause for o in out if isinstance(o, ProtocolViolation)} == {"rtp_probation_full"}
-    out += core.poll(21.0)  # a second of silence: the flood's legs are forgotten
-    assert core.n_probation == 0 and core.legs_unproven == 64 and core.n_legs == 0
 
     pcm = (np.sin(np.arange(8000) / 8.0) * 8000).astype(np.int16)
-    real = feed(core, rtp_packets(pcm=pcm, ssrc=0xBEEF), ("198.51.100.9", 7000), 30.0)
+    real = feed(core, rtp_packets(pcm=pcm, ssrc=0xBEEF), ("198.51.100.9", 7000), 0.3)
+    assert core.legs_unproven == 1  # the flood leg heard from longest ago made room
+    assert core.n_legs == 1 and core.n_probation == 63
+    core.poll(2.0)  # a second of silence: the rest of the flood is forgotten
+    assert core.n_probation == 0 and core.legs_unproven == 64 and core.n_legs == 1
     starts = [o for o in real if isinstance(o, LegStarted)]
     assert len(starts) == 1 and starts[0].t == 0.0
     chunks = [o for o in real if isinstance(o, AudioChunk)]

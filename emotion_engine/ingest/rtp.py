@@ -73,6 +73,9 @@ _PLAIN_B0: Final = RTP_VERSION << 6
 _DTMF_DIGITS: Final = "0123456789*#ABCD"
 _HEADER: Final = struct.Struct("!BBHII")
 _EXT_HEADER: Final = struct.Struct("!HH")
+# A leg on probation this quiet may be forgotten to make room for a new one (the RTP
+# port is read every 0.1 s engine tick, so a leg sending every 20 ms is never this quiet).
+PROBATION_EVICT_SILENCE_S: Final = 0.25
 
 Address = tuple[Any, ...]  # (host, port) or asyncio's IPv6 (host, port, flow, scope)
 
@@ -284,7 +287,9 @@ class RtpIngest:
       have advanced in step over this much audio (consecutive sequence numbers, or a
       few lost, with the timestamp moving by the samples each packet carried); until
       then nothing of it comes out, and at most ``max_probation_legs`` such legs exist
-      apart from the ``max_legs`` announced ones. Its audio is kept and comes out after
+      apart from the ``max_legs`` announced ones (when they are all taken, the one
+      heard from longest ago makes room if it has been quiet for
+      ``PROBATION_EVICT_SILENCE_S``). Its audio is kept and comes out after
       ``LegStarted``, from the first packet (``t`` = 0 there), so nothing is lost. A
       leg on probation silent for ``probation_silence_s``, or not proven after
       ``probation_max_packets`` packets, is forgotten without a trace
@@ -308,7 +313,7 @@ class RtpIngest:
         allow: SourceAllowList | None = None,
         new_legs: SourceRateLimit | None = None,
         probation_s: float = 0.0,
-        max_probation_legs: int = 256,
+        max_probation_legs: int = 1000,
         probation_silence_s: float = 1.0,
     ) -> None:
         if leg_timeout_s <= 0:
@@ -332,7 +337,8 @@ class RtpIngest:
         self.probation_max_packets = max(50, 4 * self.probation_samples // 80)
         self.dropped: dict[str, int] = {}
         self.legs_unproven = 0
-        self._probation: dict[tuple[tuple[str, int], int], _Leg] = {}
+        # legs on probation, the one heard from longest ago first
+        self._probation: OrderedDict[tuple[tuple[str, int], int], _Leg] = OrderedDict()
         self.rtcp_ignored = 0
         self._lost_in_ended_legs = 0
         self._legs: dict[tuple[tuple[str, int], int], _Leg] = {}
@@ -612,6 +618,7 @@ class RtpIngest:
                     return
             if key in self._probation:
                 out = leg.pending  # nothing of it comes out before it is proven
+                self._probation.move_to_end(key)  # heard from most recently: last
                 self._prove(leg, packet, is_audio)
         leg.last_seen = now
 
@@ -650,9 +657,15 @@ class RtpIngest:
             self._drop("source_not_allowed", peer, ssrc, "source not in the allow-list", out)
             return None
         if self.probation_samples and len(self._probation) >= self.max_probation_legs:
-            why = f"{self.max_probation_legs} new legs already on probation"
-            self._drop("probation_full", peer, ssrc, why, out)
-            return None
+            # Make room by forgetting the leg on probation heard from longest ago, if
+            # it has been quiet for a while: a spoofed SSRC sends a packet or two, a
+            # real stream one every 20 ms, so the flood's legs go and real ones stay.
+            oldest_key, oldest = next(iter(self._probation.items()))
+            if now - oldest.last_seen < PROBATION_EVICT_SILENCE_S:
+                why = f"{self.max_probation_legs} new legs already on probation"
+                self._drop("probation_full", peer, ssrc, why, out)
+                return None
+            self._forget(oldest_key)
         if len(self._legs) >= self.max_legs:
             self._drop("max_legs", peer, ssrc, f"{self.max_legs} legs already open", out)
             return None
