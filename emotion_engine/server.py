@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import http
 import ipaddress
@@ -103,10 +104,55 @@ RTP_TICK_READ_MAX_ROUNDS = 8
 # A connection that has not finished its HTTP/websocket handshake in this time is
 # closed (half-open ones too); open websockets are pinged (ws_ping_interval_s).
 WS_OPEN_TIMEOUT_S = 10.0
+LISTEN_BACKLOG = 100  # as asyncio's create_server; the descriptor reserve must exceed it
+ACCEPT_BACKOFF_S = 0.5  # after running out of descriptors (asyncio then pauses 1 s)
 MEDIA_LOG_INTERVAL_S = 10.0  # refused media sources, accept errors: one line per cause and interval
 JSON_CACHE_EVENTS = 4096  # events whose JSON text is kept for the next subscriber
 # ~0.2 s of 1,000 legs: what arrives between two reads at engine ticks waits here (_RtpReader)
 RTP_RCVBUF_BYTES = 4 << 20
+
+
+class _BackoffSocket(socket.socket):
+    """A listening TCP socket that stops accepting for a while once the process is
+    out of descriptors (or memory).
+
+    asyncio (3.11) goes on calling ``accept()`` up to 100 times in the same
+    wake-up after such an error, reporting each one with a traceback, then pauses
+    the listener 1 s: a few hundred failed accepts and log entries a second per
+    listener. Refusing (``BlockingIOError``) for ``ACCEPT_BACKOFF_S`` after the
+    first error ends that wake-up at once; asyncio's own 1 s pause follows."""
+
+    paused_until = 0.0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if time.monotonic() < self.paused_until:
+            raise BlockingIOError(errno.EAGAIN, "accepting paused: out of resources")
+        try:
+            return super().accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self.paused_until = time.monotonic() + ACCEPT_BACKOFF_S
+            raise
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening, non-blocking :class:`_BackoffSocket` (as
+    ``loop.create_server`` would make it for one address)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = _BackoffSocket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _rtp_socket(host: str, port: int) -> socket.socket:
@@ -388,7 +434,7 @@ class _AudioSocketGuard:
         self._fds = _open_descriptors()
         self._fds_baseline = self._fds if self._fds is not None else 64
         self._fds_checked = -1.0
-        self._fds_delta = 0  # connections admitted minus closed since the last count
+        self._admitted_since_count = 0
         self.n_open = 0
 
     def admit(self, host: str, now: float) -> bool:
@@ -398,16 +444,16 @@ class _AudioSocketGuard:
         elif self.open_per_source.get(host, 0) >= self.max_per_source:
             reason = "per_source_limit"
             why = f"{self.max_per_source} connections from {host} already open"
-        elif self._descriptors_left(now) < self.reserve:
+        elif (left := self._descriptors_left(now)) < self.reserve:
             reason = "descriptor_reserve"
             why = (
-                f"fewer than {self.reserve} file descriptors left of {self.fd_limit} "
-                "(kept for HTTP/websockets)"
+                f"{left} file descriptors left of {self.fd_limit}, fewer than the "
+                f"{self.reserve} kept for HTTP/websockets"
             )
         if reason is None:
             self.open_per_source[host] = self.open_per_source.get(host, 0) + 1
             self.n_open += 1
-            self._fds_delta += 1
+            self._admitted_since_count += 1
             return True
         key = f"audiosocket_{reason}"
         self.refused[key] = self.refused.get(key, 0) + 1
@@ -421,20 +467,20 @@ class _AudioSocketGuard:
         else:
             self.open_per_source.pop(host, None)
         self.n_open -= 1
-        self._fds_delta -= 1
 
     def _descriptors_left(self, now: float) -> int:
-        """Descriptors left, the connection in hand counted as open. Counting
-        /proc/self/fd costs ~0.1 ms per 1,000 descriptors: at most every 50 ms; in
-        between, the last count plus the connections admitted and closed since."""
+        """Descriptors left (the connection in hand counted as open). Counting
+        /proc/self/fd costs ~0.1 ms per 1,000 descriptors, so it is counted every
+        50 ms or 32 admissions; what is accepted in between (at most a listen
+        backlog, 100, at once) is covered by the reserve."""
         if self._fds is None:
             return self.fd_limit - self._fds_baseline - self.n_open - 1
-        if now - self._fds_checked >= 0.05:
+        if now - self._fds_checked >= 0.05 or self._admitted_since_count >= 32:
             counted = _open_descriptors()
             if counted is not None:
-                self._fds, self._fds_delta, self._fds_checked = counted, 0, now
-                return self.fd_limit - counted
-        return self.fd_limit - (self._fds + self._fds_delta) - 1
+                self._fds, self._fds_checked = counted, now
+                self._admitted_since_count = 0
+        return self.fd_limit - self._fds
 
 
 class _AudioSocketProtocol(asyncio.Protocol):
@@ -645,8 +691,7 @@ class EngineServer:
         try:
             self._ws = await serve(
                 self._handle,
-                p.host,
-                p.port,
+                sock=_listening_socket(p.host, p.port),
                 process_request=self._process_request,
                 ssl=ssl_ctx,
                 max_size=p.max_message_bytes,
@@ -680,8 +725,7 @@ class EngineServer:
             try:
                 self._tcp = await loop.create_server(
                     lambda: _AudioSocketProtocol(self.service, "customer", guard),
-                    mhost,
-                    p.audiosocket_port,
+                    sock=_listening_socket(mhost, p.audiosocket_port),
                 )
             except OSError as exc:
                 await self.stop()
