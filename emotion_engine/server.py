@@ -28,6 +28,14 @@ Call ids belong to the session that opened them (:meth:`EngineService.submit`): 
 second session opening a call id that is open is refused with its protocol's error
 (websocket close 1008, AudioHook ``disconnect``, AudioSocket hang-up), and the open
 call is untouched.
+
+RTP and AudioSocket cannot authenticate: they listen on loopback unless
+``media_allow`` lists the sources allowed to send (:func:`media_host`). RTP legs are
+rate-limited per source and announced after probation (:class:`RtpIngest`);
+AudioSocket connections are admitted by :class:`_AudioSocketGuard` (allow-list, per
+source, a descriptor reserve for HTTP) and closed when idle; listeners back off when
+out of descriptors (:class:`_BackoffSocket`); refusals are counted in
+``emotion_engine_media_dropped_total`` and logged one line per cause per interval.
 """
 
 from __future__ import annotations
