@@ -313,3 +313,12 @@ def test_console_says_once_that_it_does_not_trust_the_audio() -> None:
     assert lines[1] is None and lines[2] is None
     assert lines[3] is not None and "sounds angry" in lines[3]
     assert lines[4] is None
+
+
+def test_a_retrained_model_directory_gets_the_shipped_statistics(tmp_path: Path) -> None:
+    """The statistics describe the features, not the classifier: a model directory
+    without confidence.json (a model from `train`) is checked with the shipped ones."""
+    check = DomainCheck.load(tmp_path, feature_names=FUNCTIONAL_NAMES)
+    shipped = DomainCheck.load(DEFAULT_MODEL_DIR, feature_names=FUNCTIONAL_NAMES)
+    assert check.stats is not None and check.threshold_d2 == shipped.threshold_d2
+    assert DomainCheck.load(None, feature_names=FUNCTIONAL_NAMES).stats is not None

@@ -229,6 +229,29 @@ def load_stats(path: str | Path) -> DomainStats:
     return DomainStats.from_dict(data, source=str(path))
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """One warning per process for each message (an engine is built per call in
+    harnesses and per file in ``analyze``)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
+
+
+_STATS_CACHE: dict[tuple[str, float], DomainStats] = {}
+
+
+def _cached_stats(file: Path) -> DomainStats:
+    """:func:`load_stats`, once per file and modification time (the file is ~50 kB of
+    JSON, read again by every engine otherwise)."""
+    key = (str(file.resolve()), file.stat().st_mtime)
+    if key not in _STATS_CACHE:
+        _STATS_CACHE[key] = load_stats(file)
+    return _STATS_CACHE[key]
+
+
 class DomainCheck:
     """The per-window confidence check (see the module docstring).
 
@@ -246,9 +269,9 @@ class DomainCheck:
         self.feature_names = tuple(feature_names)
         self.params = params
         if stats is not None and stats.feature_names != self.feature_names:
-            log.warning(
+            _warn_once(
                 "confidence statistics were fitted on other features than the model's; "
-                "the distance check is off (refit: python -m "
+                "the distance and synthetic checks are off (refit: python -m "
                 "emotion_engine.training.confidence_fit)"
             )
             stats = None
@@ -295,19 +318,22 @@ class DomainCheck:
         params: ConfidenceParams = DEFAULT_CONFIDENCE_PARAMS,
     ) -> DomainCheck:
         """Statistics from ``path`` (a file, or a model directory holding
-        ``confidence.json``); with ``path`` None or a directory without the file, the
-        tone check alone (logged)."""
-        stats: DomainStats | None = None
-        if path is not None:
-            p = Path(path)
-            file = p / CONFIDENCE_FILE if p.is_dir() else p
-            if file.is_file():
-                stats = load_stats(file)
-            elif p.is_dir():
-                log.warning("no %s in %s: the distance check is off", CONFIDENCE_FILE, p)
-            else:
+        ``confidence.json``). A model directory without the file (a retrained model)
+        gets the shipped statistics: they describe the features, not the classifier,
+        and are used only when they were fitted on the same features. ``path`` None:
+        the shipped statistics. Without any, the tone check alone (logged once)."""
+        from emotion_engine.model.runtime import DEFAULT_MODEL_DIR
+
+        p = DEFAULT_MODEL_DIR if path is None else Path(path)
+        file = p / CONFIDENCE_FILE if p.is_dir() else p
+        if not file.is_file() and p.is_dir():
+            file = DEFAULT_MODEL_DIR / CONFIDENCE_FILE
+        if not file.is_file():
+            if not p.is_dir():
                 raise ModelError(f"confidence statistics not found: {p}")
-        return cls(feature_names=feature_names, stats=stats, params=params)
+            _warn_once(f"no {CONFIDENCE_FILE} in {p} nor in {DEFAULT_MODEL_DIR}: tone check only")
+            return cls(feature_names=feature_names, stats=None, params=params)
+        return cls(feature_names=feature_names, stats=_cached_stats(file), params=params)
 
     def check(self, features: NDArray[np.floating], *, is_speech: NDArray[np.bool_]) -> Verdict:
         """``features``: (n, n_features) window functionals, ``is_speech``: (n,).
