@@ -61,7 +61,7 @@ def rtp_seeds() -> list[bytes]:
         encode_datagrams([*((p.serialize(), i % 2) for i, p in enumerate(odd)), (rtcp, 1)])
     )
     seeds.append(encode_datagrams((p.serialize(), 1) for p in odd))
-    return seeds
+    return [*seeds, *(s + b"\x00" for s in seeds)]  # odd length: serve's RTP port settings
 
 
 def sip_request(

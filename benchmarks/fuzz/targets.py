@@ -13,7 +13,10 @@ Input formats (how one fuzz input becomes what a socket delivers):
   which of two peers sent it) and that many bytes. Fed one by one to
   ``RtpIngest.receive_datagram`` and, in a second ingest, as one
   ``RtpIngest.receive_batch`` (the server's tick read); both must give each leg the
-  same audio and events. Then ``poll`` past the leg timeout.
+  same audio and events. Then ``poll`` past the leg timeout. An input of odd length
+  meets the settings of ``serve``'s RTP port (new legs on probation until they send
+  audio in step, new legs rate-limited per source; shorter and smaller here so that
+  small inputs reach every branch), one of even length those of a SIP call's port.
 - **sip**: messages separated by ``SIP_SEPARATOR``; ``$TAG`` in a message is replaced
   by the To-tag of the UAS's last response (so mutated in-dialog requests reach the
   dialog). Each message goes to ``SipUas.receive`` over UDP; for inputs of odd
@@ -65,6 +68,7 @@ from emotion_engine.ingest.base import (
     ProtocolViolation,
     Reply,
 )
+from emotion_engine.ingest.guard import SourceRateLimit
 from emotion_engine.ingest.l16 import L16Session
 from emotion_engine.ingest.rtp import RtpIngest, RtpPacket, is_rtcp
 from emotion_engine.ingest.sdp import answer_offer, build_answer, parse_sdp
@@ -255,10 +259,21 @@ def _leg_record(outputs: Iterable[IngestOutput]) -> dict[tuple[str, str], list[A
     return legs
 
 
+def _rtp_ingest(serve_port: bool) -> RtpIngest:
+    if not serve_port:
+        return RtpIngest(coalesce_audio=True, max_legs=4)
+    return RtpIngest(
+        coalesce_audio=True,
+        max_legs=4,
+        probation_s=0.06,
+        max_probation_legs=3,
+        new_legs=SourceRateLimit(rate_per_s=20.0, burst=3),
+    )
+
+
 def fuzz_rtp(data: bytes) -> None:
     datagrams = list(_datagrams(data))
-    one = RtpIngest(coalesce_audio=True, max_legs=4)
-    batch = RtpIngest(coalesce_audio=True, max_legs=4)
+    one, batch = _rtp_ingest(len(data) % 2 == 1), _rtp_ingest(len(data) % 2 == 1)
     now = 100.0
     out_one: list[IngestOutput] = []
     for payload, peer in datagrams:
