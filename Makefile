@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= $(abspath ../shared/data)
 export EMOTION_ENGINE_DATA ?= $(DATA_DIR)
 
-.PHONY: help setup system-deps kernels run demo test unit lint typecheck format train evaluate bench fuzz clean
+.PHONY: help setup system-deps kernels run demo test unit lint typecheck format train evaluate loco bench fuzz clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -72,6 +72,9 @@ train: $(STAMP)  ## retrain the shipped model from ../shared/data (seed 0)
 
 evaluate: $(STAMP)  ## model card numbers: RAVDESS speaker k-fold + leave-one-corpus-out vs eGeMAPS+SVM
 	$(BIN)/emotion-engine evaluate --data $(DATA_DIR) --card models/README.md --harness
+
+loco: $(STAMP)  ## leave-one-corpus-out over all corpora through the engine's window path, every recipe, stitched calls per language (models/loco.json)
+	$(BIN)/python -m emotion_engine.training.loco --data $(DATA_DIR) --recipes all --stitched --card models/README.md
 
 bench: $(STAMP)  ## benchmarks (results in benchmarks/results/)
 	$(BIN)/emotion-engine bench

@@ -134,7 +134,7 @@ def test_loco_end_to_end_on_a_tiny_dataset(tmp_path: Path, monkeypatch: pytest.M
         _make_corpus(root / name, speakers=2, per_class=2, seed=i)
     monkeypatch.setattr(
         "sys.argv",
-        ["loco", "--data", str(root), "--recipes", "shipped,windows", "--out", "x.json"],
+        ["loco", "--data", str(root), "--recipes", "clips,windows", "--out", "x.json"],
     )
     out = tmp_path / "loco.json"
     card = tmp_path / "README.md"
@@ -144,7 +144,7 @@ def test_loco_end_to_end_on_a_tiny_dataset(tmp_path: Path, monkeypatch: pytest.M
         (),
         dict(
             data=root,
-            recipes=["shipped", "windows"],
+            recipes=["clips", "windows"],
             seed=0,
             stitched=False,
             speakers_per_corpus=1,
@@ -158,7 +158,7 @@ def test_loco_end_to_end_on_a_tiny_dataset(tmp_path: Path, monkeypatch: pytest.M
     )()
     assert loco.main(args) == 0  # type: ignore[arg-type]
     result = json.loads(out.read_text())
-    for name in ("shipped", "windows"):
+    for name in ("clips", "windows"):
         held = result["recipes"][name]["held_out"]
         assert set(held) == {"one", "two", "three"}
         aucs = [v["angry_auc"] for v in held.values()]
@@ -168,3 +168,40 @@ def test_loco_end_to_end_on_a_tiny_dataset(tmp_path: Path, monkeypatch: pytest.M
     assert text.startswith("# card") and loco.CARD_BEGIN in text and "| windows |" in text
     loco.write_card(card, result)  # rewriting replaces the block, does not append
     assert card.read_text().count(loco.CARD_BEGIN) == 1
+
+
+def test_recipe_label_policies(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from emotion_engine.training.data import NO_LABEL
+    from emotion_engine.training.train import RECIPES, load_recipe_dataset
+
+    root = tmp_path / "data"
+    for corpus, rows in {
+        "acted": [("a.wav", "neutral", ""), ("b.wav", "fearful", ""), ("c.wav", "angry", "")],
+        "baved": [("d.wav", "neutral", "neutral"), ("e.wav", "", "high")],
+    }.items():
+        (root / corpus).mkdir(parents=True)
+        lines = ["file,speaker,emotion,intensity"]
+        for name, emotion, intensity in rows:
+            sf.write(root / corpus / name, np.zeros(800, dtype=np.float32), 8000)
+            lines.append(f"{name},{corpus}_1,{emotion},{intensity}")
+        (root / corpus / "labels.csv").write_text("\n".join(lines) + "\n")
+
+    def labels(recipe: str) -> dict[str, str | None]:
+        ds = load_recipe_dataset(root, RECIPES[recipe])
+        return {
+            c.path.name: (None if c.label == NO_LABEL else ds.labels[c.label]) for c in ds.clips
+        }
+
+    # default: fearful trains the arousal head only; BAVED (one class) arousal only
+    assert labels("windows") == {
+        "a.wav": "neutral",
+        "b.wav": None,
+        "c.wav": "angry",
+        "d.wav": None,
+        "e.wav": None,
+    }
+    assert labels("windows+fearful")["b.wav"] == "fearful"
+    assert labels("windows+baved_neutral")["d.wav"] == "neutral"
+    assert labels("windows+baved_neutral")["e.wav"] is None

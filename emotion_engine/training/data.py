@@ -5,14 +5,15 @@ Two layouts are accepted:
 - a folder with one ``labels.csv`` (columns at least ``file,speaker,emotion``) and the
   audio files it names (a user's own labelled calls); the folder is one "corpus";
 - a folder of corpora, each a subfolder with its own ``labels.csv`` (the shared layout:
-  ``ravdess/``, ``tess/``, ``turevdb/``, ``baved/``).
+  ``ravdess/``, ``tess/``, ``turevdb/``, ``baved/``, ``ased/``).
 
 Label policy (also written into the manifest):
 
 - ``calm`` is mapped to ``neutral`` (RAVDESS and TurEV-DB use it for low-arousal neutral
   speech; a contact centre has no use for the distinction);
 - labels outside the model's label set (``disgust``, ``surprised``, ``fearful`` for the
-  4-class model, empty) are not used for the emotion head and are counted as skipped;
+  4-class model, empty) are not used for the emotion head and are counted as skipped
+  (ASED's and RAVDESS's fearful clips still train the arousal head, as high);
 - a corpus whose usable emotion labels cover only one class (BAVED: ``neutral`` for its
   middle arousal level only) is not used for the emotion head: the classifier would learn
   "this language/recording -> that class". Its clips still train the arousal head;
@@ -73,6 +74,7 @@ CORPUS_LICENCES: dict[str, str] = {
     "tess": "CC BY-NC-ND 4.0 (TESS, Pichora-Fuller & Dupuis 2020)",
     "turevdb": "CC BY-NC-ND 4.0 (TurEV-DB, Canpolat et al. 2020)",
     "baved": "no licence stated; research use (BAVED)",
+    "ased": "no licence stated; research use (ASED v1, Northwest University 2021)",
 }
 
 NO_LABEL = -1

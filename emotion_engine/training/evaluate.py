@@ -777,7 +777,7 @@ def main(args: argparse.Namespace) -> int:
         folds=args.folds,
         include_baseline=not args.no_baseline,
         progress=not args.no_progress,
-        candidate=args.model_type,
+        candidate=args.model_type or DEFAULT_CANDIDATE,
         compare_candidates=not args.no_compare,
         corpora=args.corpora,
         limit_per_corpus=args.limit_per_corpus,

@@ -46,6 +46,7 @@ LANGUAGE_OF_CORPUS: dict[str, str] = {
     "tess": "English",
     "turevdb": "Turkish",
     "baved": "Arabic",
+    "ased": "Amharic",
 }
 
 

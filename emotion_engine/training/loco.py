@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,151 +44,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from emotion_engine.errors import ConfigError
-from emotion_engine.training.data import NO_LABEL, Clip, Dataset, load_dataset
-from emotion_engine.training.featurize import WindowFeatures, featurize, featurize_windows
+from emotion_engine.training.data import NO_LABEL, Dataset, load_dataset
+from emotion_engine.training.featurize import WindowFeatures, featurize_windows
+from emotion_engine.training.harness import LANGUAGE_OF_CORPUS
 from emotion_engine.training.metrics import roc_auc, uar
+from emotion_engine.training.train import RECIPES, Recipe, recipe_dataset
 
 log = logging.getLogger(__name__)
 
-LANGUAGE_OF_CORPUS: dict[str, str] = {
-    "ravdess": "English",
-    "tess": "English",
-    "turevdb": "Turkish",
-    "baved": "Arabic",
-    "ased": "Amharic",
-}
 EVAL_LABELS: tuple[str, ...] = ("neutral", "happy", "sad", "angry")
 """The 4 classes UAR is reported over (a 5-class recipe's fearful column is dropped)."""
 
 CARD_BEGIN = "<!-- BEGIN LOCO (written by python -m emotion_engine.training.loco; do not edit) -->"
 CARD_END = "<!-- END LOCO -->"
-
-
-@dataclass(frozen=True, slots=True)
-class Recipe:
-    """How the stage-1 model is trained.
-
-    ``rows``: ``"clips"`` (one whole-clip feature row per clip and copy) or
-    ``"windows"`` (the engine's speech windows of each clip and copy); ``copies``:
-    featurize conditions, one copy of every training clip each; ``weights``:
-    ``corpus_class`` (each corpus equal, each class equal within it), ``class`` (each
-    class equal) or ``none``; ``fearful``: ``"skip"`` or ``"class"`` (a 5th label);
-    ``baved_neutral``: BAVED's mid-arousal clips train the emotion head as neutral.
-    """
-
-    name: str
-    rows: str = "windows"
-    copies: tuple[str, ...] = ("test", "train")
-    candidate: str = "logreg"
-    weights: str = "corpus_class"
-    fearful: str = "skip"
-    baved_neutral: bool = False
-    note: str = ""
-
-
-_BASE = Recipe(name="base")
-RECIPES: dict[str, Recipe] = {
-    r.name: r
-    for r in (
-        Recipe(
-            name="shipped",
-            rows="clips",
-            note="the recipe shipped before: whole-clip rows, mu-law + telephony copies",
-        ),
-        replace(_BASE, name="windows", note="engine windows as training rows"),
-        replace(_BASE, name="windows+speed", copies=("test", "train", "aug-speed")),
-        replace(_BASE, name="windows+vtlp", copies=("test", "train", "aug-vtlp")),
-        replace(_BASE, name="windows+pitch", copies=("test", "train", "aug-pitch")),
-        replace(
-            _BASE,
-            name="windows+speed+vtlp+pitch",
-            copies=("test", "train", "aug-speed", "aug-vtlp", "aug-pitch"),
-        ),
-        replace(_BASE, name="windows+fearful", fearful="class"),
-        replace(_BASE, name="windows+baved_neutral", baved_neutral=True),
-        replace(_BASE, name="windows,class-weights", weights="class"),
-        replace(_BASE, name="windows,no-weights", weights="none"),
-        replace(_BASE, name="windows,mlp", candidate="mlp"),
-        replace(_BASE, name="windows,logreg-C1", candidate="logreg_c1"),
-    )
-}
-
-
-@dataclass(slots=True)
-class _Cache:
-    """Features shared by recipes (per label policy the dataset differs only in labels)."""
-
-    test: WindowFeatures
-    windows: dict[str, WindowFeatures] = field(default_factory=dict)
-    clips: dict[str, NDArray[np.float32]] = field(default_factory=dict)
-
-
-def recipe_dataset(base: Dataset, recipe: Recipe) -> Dataset:
-    """``base`` (loaded with the 5-label set incl. fearful) relabelled for ``recipe``."""
-    labels = EVAL_LABELS + (("fearful",) if recipe.fearful == "class" else ())
-    index = {name: i for i, name in enumerate(labels)}
-    clips: list[Clip] = []
-    for c in base.clips:
-        label = NO_LABEL if c.label == NO_LABEL else index.get(base.labels[c.label], NO_LABEL)
-        if recipe.baved_neutral and c.corpus == "baved" and c.arousal == 1:
-            label = index["neutral"]
-        clips.append(Clip(c.path, c.corpus, c.speaker, c.orig_emotion, label, c.arousal))
-    excluded = tuple(
-        x for x in base.emotion_excluded_corpora if not (recipe.baved_neutral and x == "baved")
-    )
-    return Dataset(
-        clips=tuple(clips),
-        labels=labels,
-        root=base.root,
-        skipped=base.skipped,
-        emotion_excluded_corpora=excluded,
-    )
-
-
-def _windows(cache: _Cache, dataset: Dataset, cond: str, *, seed: int, progress: bool) -> Any:
-    if cond == "test":
-        return cache.test
-    if cond not in cache.windows:
-        cache.windows[cond] = featurize_windows(
-            clips=dataset.clips, condition=cond, seed=seed, progress=progress
-        )
-    return cache.windows[cond]
-
-
-def training_rows(
-    dataset: Dataset,
-    recipe: Recipe,
-    train_clips: NDArray[np.int64],
-    cache: _Cache,
-    *,
-    seed: int,
-    progress: bool,
-) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.int64], NDArray[np.str_]]:
-    """Rows, emotion labels, arousal levels and corpora of ``train_clips`` under every
-    copy of ``recipe`` (window rows: speech windows only)."""
-    keep = np.zeros(len(dataset), dtype=np.bool_)
-    keep[train_clips] = True
-    xs, idx = [], []
-    for cond in recipe.copies:
-        if recipe.rows == "clips":
-            if cond not in cache.clips:
-                cache.clips[cond] = featurize(
-                    clips=dataset.clips, condition=cond, seed=seed, progress=progress
-                )
-            xs.append(cache.clips[cond][train_clips])
-            idx.append(train_clips)
-        else:
-            w = _windows(cache, dataset, cond, seed=seed, progress=progress)
-            m = keep[w.clip] & w.speech
-            xs.append(w.x[m])
-            idx.append(w.clip[m])
-    clip_of_row = np.concatenate(idx)
-    return (
-        np.concatenate(xs),
-        dataset.y[clip_of_row],
-        dataset.arousal[clip_of_row],
-        dataset.corpus[clip_of_row],
-    )
 
 
 def clip_scores(
@@ -214,26 +82,24 @@ def _fit(
     dataset: Dataset,
     recipe: Recipe,
     train_clips: NDArray[np.int64],
-    cache: _Cache,
     *,
     seed: int,
     progress: bool,
-) -> Any:
-    from emotion_engine.training.train import fit_model
+) -> tuple[Any, NDArray[np.float32]]:
+    from emotion_engine.training.train import fit_model, recipe_rows
 
-    x, y, arousal, corpus = training_rows(
-        dataset, recipe, train_clips, cache, seed=seed, progress=progress
-    )
-    return fit_model(
-        x=x,
-        y=y,
-        arousal=arousal,
-        corpus=corpus,
+    rows = recipe_rows(dataset, recipe, seed=seed, progress=progress, clips=train_clips)
+    fitted = fit_model(
+        x=rows.x,
+        y=rows.y,
+        arousal=rows.arousal,
+        corpus=rows.corpus,
         labels=dataset.labels,
         candidate=recipe.candidate,
         seed=seed,
         weighting=recipe.weights,
-    ), x
+    )
+    return fitted, rows.x
 
 
 def corpus_metrics(
@@ -413,9 +279,7 @@ def run_loco(
         limit_per_corpus=limit_per_corpus,
         seed=seed,
     )
-    cache = _Cache(
-        test=featurize_windows(clips=base.clips, condition="test", seed=seed, progress=progress)
-    )
+    test = featurize_windows(clips=base.clips, condition="test", seed=seed, progress=progress)
     corpora = base.corpora
     results: dict[str, Any] = {}
     steps = [(r, c) for r in recipes for c in corpora]
@@ -426,8 +290,7 @@ def run_loco(
         recipe = RECIPES[name]
         dataset = recipe_dataset(base, recipe)
         train_clips = np.flatnonzero(dataset.corpus != held_out)
-        fitted, x_train = _fit(dataset, recipe, train_clips, cache, seed=seed, progress=progress)
-        test = cache.test
+        fitted, x_train = _fit(dataset, recipe, train_clips, seed=seed, progress=progress)
         rows = dataset.corpus[test.clip] == held_out
         sub = WindowFeatures(x=test.x[rows], speech=test.speech[rows], clip=test.clip[rows])
         proba_w = fitted.predict_proba(sub.x)
@@ -582,9 +445,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recipes",
         type=lambda s: [r for r in s.split(",") if r],
-        default=["shipped"],
+        default=["clips"],
         metavar="A,B",
-        help=f"recipes to compare (default: shipped; 'all' for {', '.join(RECIPES)})",
+        help=f"recipes to compare (default: clips; 'all' for {', '.join(RECIPES)})",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stitched", action="store_true", help="also stream stitched calls")

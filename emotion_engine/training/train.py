@@ -25,7 +25,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,8 +52,10 @@ from emotion_engine.training.data import (
     AROUSAL_LEVELS,
     AROUSAL_OF_EMOTION,
     AROUSAL_VALUES,
+    DEFAULT_LABELS,
     LABEL_MAP,
     NO_LABEL,
+    Clip,
     Dataset,
     load_dataset,
 )
@@ -131,6 +133,122 @@ DEFAULT_CANDIDATE = "logreg"
 mean; logistic regression fits in seconds and is the smaller, calmer graph."""
 
 
+ROW_KINDS: tuple[str, ...] = ("windows", "clips")
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """How the stage-1 model is trained (compared by ``python -m
+    emotion_engine.training.loco``; models/README.md has the figures).
+
+    ``rows``: ``"windows"`` (the speech windows the live engine scores, 2 s at a 0.5 s
+    hop, of every clip and copy) or ``"clips"`` (one whole-clip row per clip and copy);
+    ``copies``: featurize conditions (``featurize.CONDITIONS``), one copy of every
+    training clip each; ``weights``: ``WEIGHTINGS``; ``fearful``: ``"skip"`` or
+    ``"class"`` (a 5th label); ``baved_neutral``: BAVED's mid-arousal clips also train
+    the emotion head as neutral.
+    """
+
+    name: str
+    rows: str = "windows"
+    copies: tuple[str, ...] = ("test", "train")
+    candidate: str = "logreg"
+    weights: str = "corpus_class"
+    fearful: str = "skip"
+    baved_neutral: bool = False
+    note: str = ""
+
+    def labels(self) -> tuple[str, ...]:
+        return DEFAULT_LABELS + (("fearful",) if self.fearful == "class" else ())
+
+
+_W = Recipe(name="windows")
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            name="clips",
+            rows="clips",
+            note="the recipe shipped before: whole-clip rows, mu-law + telephony copies",
+        ),
+        replace(_W, note="the engine's speech windows as training rows"),
+        replace(_W, name="windows+speed", copies=("test", "train", "aug-speed")),
+        replace(_W, name="windows+vtlp", copies=("test", "train", "aug-vtlp")),
+        replace(_W, name="windows+pitch", copies=("test", "train", "aug-pitch")),
+        replace(
+            _W,
+            name="windows+speed+vtlp+pitch",
+            copies=("test", "train", "aug-speed", "aug-vtlp", "aug-pitch"),
+        ),
+        replace(_W, name="windows+fearful", fearful="class"),
+        replace(_W, name="windows+baved_neutral", baved_neutral=True),
+        replace(_W, name="windows+class-weights", weights="class"),
+        replace(_W, name="windows+no-weights", weights="none"),
+        replace(_W, name="windows+mlp", candidate="mlp"),
+        replace(_W, name="windows+logreg-C1", candidate="logreg_c1"),
+        replace(
+            _W,
+            name="windows+speed+vtlp+pitch+class-weights",
+            copies=("test", "train", "aug-speed", "aug-vtlp", "aug-pitch"),
+            weights="class",
+        ),
+        replace(
+            _W,
+            name="windows+speed+class-weights",
+            copies=("test", "train", "aug-speed"),
+            weights="class",
+        ),
+    )
+}
+"""Every recipe the leave-one-corpus-out harness compares."""
+
+DEFAULT_RECIPE = "windows+speed+class-weights"
+"""What ``train`` ships (chosen by the leave-one-corpus-out mean, models/README.md)."""
+
+
+def recipe_dataset(base: Dataset, recipe: Recipe) -> Dataset:
+    """``base`` (loaded with the labels neutral, happy, sad, angry, fearful) relabelled
+    for ``recipe``: fearful dropped from the emotion head unless it is a class, BAVED's
+    mid level as neutral if ``recipe.baved_neutral``."""
+    labels = recipe.labels()
+    index = {name: i for i, name in enumerate(labels)}
+    clips: list[Clip] = []
+    for c in base.clips:
+        label = NO_LABEL if c.label == NO_LABEL else index.get(base.labels[c.label], NO_LABEL)
+        if recipe.baved_neutral and c.corpus == "baved" and c.arousal == 1:
+            label = index["neutral"]
+        clips.append(Clip(c.path, c.corpus, c.speaker, c.orig_emotion, label, c.arousal))
+    excluded = tuple(
+        x for x in base.emotion_excluded_corpora if not (recipe.baved_neutral and x == "baved")
+    )
+    return Dataset(
+        clips=tuple(clips),
+        labels=labels,
+        root=base.root,
+        skipped=base.skipped,
+        emotion_excluded_corpora=excluded,
+    )
+
+
+def load_recipe_dataset(
+    data_dir: Path,
+    recipe: Recipe,
+    *,
+    corpora: Sequence[str] | None = None,
+    limit_per_corpus: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """:func:`load_dataset` with ``recipe``'s label policy."""
+    base = load_dataset(
+        data_dir,
+        labels=(*DEFAULT_LABELS, "fearful"),
+        corpora=corpora,
+        limit_per_corpus=limit_per_corpus,
+        seed=seed,
+    )
+    return recipe_dataset(base, recipe)
+
+
 NORMALISATIONS: tuple[str, ...] = ("none", "per_call", "per_call_neutral")
 """``per_call``: training speakers centred on all their rows; ``per_call_neutral``:
 centred on their neutral/calm (BAVED: mid-arousal) rows. The engine's running estimate
@@ -165,6 +283,18 @@ def reference_rows(dataset: Dataset) -> NDArray[np.bool_]:
     return out
 
 
+COPY_DESCRIPTIONS: dict[str, str] = {
+    "test": "G.711 mu-law round trip",
+    "train": "random telephony augmentation",
+    "aug-speed": "speed perturbation 0.9-1.1, then random telephony augmentation",
+    "aug-pitch": "pitch shift 1-3 semitones up or down, then random telephony augmentation",
+    "aug-vtlp": "vocal-tract-length perturbation 0.9-1.1, then random telephony augmentation",
+}
+WEIGHTING_DESCRIPTIONS: dict[str, str] = {
+    "corpus_class": "each corpus equal, each class equal within a corpus",
+    "class": "each class equal",
+    "none": "every row equal",
+}
 WEIGHTINGS: tuple[str, ...] = ("corpus_class", "class", "none")
 """Sample weights of the training rows: each corpus and each class within it equal
 (:func:`balanced_weights`), each class equal, or every row the same."""
@@ -367,43 +497,110 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class TrainRows:
+    """Training rows of a recipe: ``x`` (n_rows, n_features) and per row its emotion
+    label, arousal level, corpus, speaker, clip index and whether it belongs to the
+    G.711 mu-law copy (the one a speaker-grouped estimate scores)."""
+
+    x: NDArray[np.float32]
+    y: NDArray[np.int64]
+    arousal: NDArray[np.int64]
+    corpus: NDArray[np.str_]
+    speaker: NDArray[np.str_]
+    clip: NDArray[np.int64]
+    scored: NDArray[np.bool_]
+
+    def take(self, rows: NDArray[np.bool_] | NDArray[np.int64]) -> TrainRows:
+        return TrainRows(
+            x=self.x[rows],
+            y=self.y[rows],
+            arousal=self.arousal[rows],
+            corpus=self.corpus[rows],
+            speaker=self.speaker[rows],
+            clip=self.clip[rows],
+            scored=self.scored[rows],
+        )
+
+
+def recipe_rows(
+    dataset: Dataset,
+    recipe: Recipe,
+    *,
+    seed: int,
+    progress: bool,
+    clips: NDArray[np.int64] | None = None,
+) -> TrainRows:
+    """Rows of ``clips`` (default all) under every copy of ``recipe``: whole-clip rows,
+    or the speech windows the live engine would score (features cached on disk)."""
+    from emotion_engine.training.featurize import featurize, featurize_windows
+
+    if recipe.rows not in ROW_KINDS:
+        raise ConfigError(f"unknown row kind {recipe.rows!r} (one of {ROW_KINDS})")
+    keep = np.zeros(len(dataset), dtype=np.bool_)
+    keep[np.arange(len(dataset)) if clips is None else clips] = True
+    xs: list[NDArray[np.float32]] = []
+    idx: list[NDArray[np.int64]] = []
+    scored: list[NDArray[np.bool_]] = []
+    for cond in recipe.copies:
+        if recipe.rows == "clips":
+            x = featurize(clips=dataset.clips, condition=cond, seed=seed, progress=progress)
+            chosen = np.flatnonzero(keep)
+            xs.append(x[chosen])
+            idx.append(chosen)
+        else:
+            w = featurize_windows(clips=dataset.clips, condition=cond, seed=seed, progress=progress)
+            m = keep[w.clip] & w.speech
+            xs.append(w.x[m])
+            idx.append(w.clip[m])
+        scored.append(np.full(idx[-1].size, cond == "test", dtype=np.bool_))
+    clip = np.concatenate(idx)
+    return TrainRows(
+        x=np.concatenate(xs),
+        y=dataset.y[clip],
+        arousal=dataset.arousal[clip],
+        corpus=dataset.corpus[clip],
+        speaker=dataset.speaker[clip],
+        clip=clip,
+        scored=np.concatenate(scored),
+    )
+
+
 def train_features(
-    dataset: Dataset, *, seed: int, progress: bool, normalisation: str = "none"
-) -> tuple[
-    NDArray[np.float32],
-    NDArray[np.int64],
-    NDArray[np.int64],
-    NDArray[np.str_],
-    tuple[str, ...],
-    CallNormParams | None,
-]:
-    """Stacked training rows (mu-law copy + augmented copy of every clip), their targets,
-    and for ``normalisation="per_call"`` the population statistics (rows normalised per
-    speaker; each copy against its own rows, as a call's channel is one condition)."""
-    from emotion_engine.training.featurize import engine_extractor, featurize
+    dataset: Dataset,
+    *,
+    seed: int,
+    progress: bool,
+    normalisation: str = "none",
+    recipe: Recipe | None = None,
+) -> tuple[TrainRows, tuple[str, ...], CallNormParams | None]:
+    """The rows of ``recipe`` (default the shipped one) and for ``normalisation=
+    "per_call"`` the population statistics (rows normalised per speaker; each copy
+    against its own rows, as a call's channel is one condition)."""
+    from emotion_engine.features.functionals import FUNCTIONAL_NAMES
 
     if normalisation not in NORMALISATIONS:
         raise ConfigError(f"unknown normalisation {normalisation!r} (one of {NORMALISATIONS})")
-    extractor, names = engine_extractor()
-    clean = featurize(clips=dataset.clips, condition="test", extractor=extractor, progress=progress)
-    augmented = featurize(
-        clips=dataset.clips, condition="train", seed=seed, extractor=extractor, progress=progress
-    )
+    recipe = RECIPES[DEFAULT_RECIPE] if recipe is None else recipe
+    rows = recipe_rows(dataset, recipe, seed=seed, progress=progress)
     norm = None
     if normalisation != "none":
-        norm = call_norm_params(x=clean, speaker=dataset.speaker, corpus=dataset.corpus)
-        ref = reference_rows(dataset) if normalisation == "per_call_neutral" else None
-        clean = shrunk_zscore_per_speaker(
-            x=clean, speaker=dataset.speaker, params=norm, reference=ref
-        )
-        augmented = shrunk_zscore_per_speaker(
-            x=augmented, speaker=dataset.speaker, params=norm, reference=ref
-        )
-    x = np.concatenate([clean, augmented])
-    y = np.tile(dataset.y, 2)
-    arousal = np.tile(dataset.arousal, 2)
-    corpus = np.tile(dataset.corpus, 2)
-    return x, y, arousal, corpus, names, norm
+        clean = rows.take(rows.scored)
+        norm = call_norm_params(x=clean.x, speaker=clean.speaker, corpus=clean.corpus)
+        ref_clip = reference_rows(dataset) if normalisation == "per_call_neutral" else None
+        x = rows.x.copy()
+        copy_id = np.zeros(rows.x.shape[0], dtype=np.int64)
+        bounds = np.flatnonzero(np.diff(rows.clip) < 0) + 1  # copies are laid end to end
+        for k, (a, b) in enumerate(zip([0, *bounds], [*bounds, rows.x.shape[0]], strict=True)):
+            copy_id[a:b] = k
+            x[a:b] = shrunk_zscore_per_speaker(
+                x=rows.x[a:b],
+                speaker=rows.speaker[a:b],
+                params=norm,
+                reference=None if ref_clip is None else ref_clip[rows.clip[a:b]],
+            )
+        rows = replace(rows, x=x)
+    return rows, tuple(FUNCTIONAL_NAMES), norm
 
 
 def run_train(
@@ -414,28 +611,38 @@ def run_train(
     corpora: Sequence[str] | None = None,
     limit_per_corpus: int | None = None,
     progress: bool = True,
-    candidate: str = DEFAULT_CANDIDATE,
+    candidate: str | None = None,
     normalisation: str = DEFAULT_NORMALISATION,
     command: str | None = None,
+    recipe: str = DEFAULT_RECIPE,
 ) -> Path:
     """Train on ``data_dir`` and write ``emotion.onnx`` + ``emotion.manifest.json`` to
-    ``out_dir``; returns the .onnx path. The exported graph is reloaded with
+    ``out_dir``; returns the .onnx path. ``recipe``: a name in ``RECIPES``;
+    ``candidate`` overrides its emotion head. The exported graph is reloaded with
     ``EmotionModel`` and checked against sklearn before returning."""
     started = time.monotonic()
-    dataset = load_dataset(
-        Path(data_dir), corpora=corpora, limit_per_corpus=limit_per_corpus, seed=seed
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r} (one of {list(RECIPES)})")
+    chosen = RECIPES[recipe]
+    if candidate is not None:
+        chosen = replace(chosen, candidate=candidate)
+    candidate = chosen.candidate
+    dataset = load_recipe_dataset(
+        Path(data_dir), chosen, corpora=corpora, limit_per_corpus=limit_per_corpus, seed=seed
     )
-    x, y, arousal, corpus, names, norm = train_features(
-        dataset, seed=seed, progress=progress, normalisation=normalisation
+    rows, names, norm = train_features(
+        dataset, seed=seed, progress=progress, normalisation=normalisation, recipe=chosen
     )
+    x = rows.x
     fitted = fit_model(
         x=x,
-        y=y,
-        arousal=arousal,
-        corpus=corpus,
+        y=rows.y,
+        arousal=rows.arousal,
+        corpus=rows.corpus,
         labels=dataset.labels,
         candidate=candidate,
         seed=seed,
+        weighting=chosen.weights,
     )
     if command is None:
         command = (
@@ -443,7 +650,8 @@ def run_train(
             f"--out {shlex.quote(str(out_dir))} --seed {seed}"
             + (f" --corpora {','.join(corpora)}" if corpora else "")
             + (f" --limit-per-corpus {limit_per_corpus}" if limit_per_corpus else "")
-            + (f" --model-type {candidate}" if candidate != DEFAULT_CANDIDATE else "")
+            + (f" --recipe {recipe}" if recipe != DEFAULT_RECIPE else "")
+            + (f" --model-type {candidate}" if candidate != RECIPES[recipe].candidate else "")
             + (
                 f" --normalisation {normalisation}"
                 if normalisation != DEFAULT_NORMALISATION
@@ -462,8 +670,11 @@ def run_train(
         seed=seed,
         command=command,
         started=started,
+        recipe=chosen,
     )
-    cv = speaker_cv(dataset=dataset, x=x, candidate=candidate, seed=seed)
+    cv = speaker_cv(
+        dataset=dataset, rows=rows, candidate=candidate, seed=seed, weighting=chosen.weights
+    )
     card = write_card(Path(out_dir), manifest=load_manifest(Path(out_dir) / MANIFEST_FILE), cv=cv)
     log.info(
         "speaker-grouped cross-validation: %s -> %s",
@@ -486,6 +697,7 @@ def save_model(
     seed: int,
     command: str,
     started: float,
+    recipe: Recipe | None = None,
 ) -> Path:
     """Export ``fitted`` and write ``emotion.onnx`` + ``emotion.manifest.json`` to
     ``out_dir``; returns the .onnx path. ``x``: (n_rows, n_features) the training rows
@@ -557,10 +769,17 @@ def save_model(
             "label_map": LABEL_MAP,
             "skipped_labels": dataset.skipped,
             "emotion_excluded_corpora": list(dataset.emotion_excluded_corpora),
-            "rows": int(x.shape[0]),
-            "copies_per_clip": ["G.711 mu-law round trip", "random telephony augmentation"],
+            "n_rows": int(x.shape[0]),
+            "recipe": None if recipe is None else _asdict(recipe),
+            "rows": "the speech windows the live engine scores (2 s, 0.5 s hop) of every "
+            "clip and copy"
+            if recipe is not None and recipe.rows == "windows"
+            else "one whole-clip row per clip and copy",
+            "copies_per_clip": [
+                COPY_DESCRIPTIONS.get(c, c) for c in (recipe or RECIPES["clips"]).copies
+            ],
             "augmentation": DEFAULT_AUGMENT_PARAMS.to_dict(),
-            "sample_weights": "each corpus equal, each class equal within a corpus",
+            "sample_weights": WEIGHTING_DESCRIPTIONS[(recipe or RECIPES["clips"]).weights],
             "split": "all speakers (evaluation splits by speaker, see models/README.md)",
         },
         licences={name: str(info["licence"]) for name, info in dataset.summary().items()},
@@ -630,7 +849,7 @@ def add_data_arguments(
     parser.add_argument(
         "--model-type",
         choices=sorted(model_types),
-        default=DEFAULT_CANDIDATE,
+        default=None,
         help=model_type_help,
     )
     parser.add_argument(
@@ -647,11 +866,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(
         parser,
         model_types=EXPORTABLE,
-        model_type_help=f"emotion head (default: {DEFAULT_CANDIDATE}, the best "
-        "leave-one-corpus-out UAR)",
+        model_type_help="emotion head (default: the recipe's)",
         normalisation_help="per_call: train on per-speaker normalised features; the engine "
         "then normalises each call leg by its own running statistics (default: "
         f"{DEFAULT_NORMALISATION})",
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default=DEFAULT_RECIPE,
+        help=f"training recipe (default: {DEFAULT_RECIPE}, chosen by the leave-one-corpus-out "
+        "mean; python -m emotion_engine.training.loco compares them)",
     )
     parser.add_argument(
         "--out",
@@ -674,6 +899,7 @@ def main(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         candidate=args.model_type,
         normalisation=args.normalisation,
+        recipe=args.recipe,
         command=shlex.join(["python", "-m", "emotion_engine.training.train", *sys.argv[1:]])
         if __name__ == "__main__"
         else None,

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from emotion_engine.errors import DatasetError
 from emotion_engine.model.manifest import ModelManifest
 from emotion_engine.training.data import NO_LABEL, Dataset
 from emotion_engine.training.metrics import confusion_matrix, recalls, roc_auc, uar
+
+if TYPE_CHECKING:
+    from emotion_engine.training.train import TrainRows
 
 CARD_FILE = "emotion.card.md"
 MIN_CV_SPEAKERS = 3
@@ -31,24 +33,24 @@ MAX_FOLDS = 5
 def speaker_cv(
     *,
     dataset: Dataset,
-    x: NDArray[np.float32],
+    rows: TrainRows,
     candidate: str,
     seed: int,
+    weighting: str = "corpus_class",
 ) -> dict[str, Any] | None:
     """Speaker-grouped k-fold (k = min(5, speakers)) of the training recipe.
 
-    ``x``: (2 * n_clips, n_features), the rows ``train_features`` stacks: clip ``i``'s
-    mu-law copy at row ``i`` and its augmented copy at row ``n_clips + i``. Returns
-    UAR, per-class recall, confusion and angry-vs-rest AUC over the pooled out-of-fold
-    predictions, or None with fewer than ``MIN_CV_SPEAKERS`` labelled speakers.
+    ``rows``: the recipe's training rows (``train.recipe_rows``). A held-out clip's
+    reading is the mean probability over its rows of the G.711 mu-law copy (its speech
+    windows, or its one whole-clip row). Returns UAR, per-class recall, confusion and
+    angry-vs-rest AUC over the pooled out-of-fold predictions, or None with fewer than
+    ``MIN_CV_SPEAKERS`` labelled speakers.
     """
     from sklearn.model_selection import GroupKFold
 
     from emotion_engine.training.train import fit_model
 
     n = len(dataset)
-    if x.shape[0] != 2 * n:
-        raise ValueError(f"x has {x.shape[0]} rows, expected 2 x {n} clips")
     y = dataset.y
     labelled = np.flatnonzero(y != NO_LABEL)
     speakers = dataset.speaker
@@ -62,25 +64,33 @@ def speaker_cv(
     gkf = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for _, test_part in gkf.split(labelled, groups=speakers[labelled]):
         test_clips = labelled[test_part]
-        held = np.isin(speakers, np.unique(speakers[test_clips]))
-        train_clips = np.flatnonzero(~held)
-        rows = np.concatenate([train_clips, train_clips + n])
+        held_speakers = np.unique(speakers[test_clips])
+        train = rows.take(~np.isin(rows.speaker, held_speakers))
         try:
             fitted = fit_model(
-                x=x[rows],
-                y=np.tile(y, 2)[rows],
-                arousal=np.tile(dataset.arousal, 2)[rows],
-                corpus=np.tile(dataset.corpus, 2)[rows],
+                x=train.x,
+                y=train.y,
+                arousal=train.arousal,
+                corpus=train.corpus,
                 labels=dataset.labels,
                 candidate=candidate,
                 seed=seed,
+                weighting=weighting,
             )
         except DatasetError:  # a fold without some class: the estimate skips it, and says so
             skipped_folds += 1
             continue
-        p = fitted.predict_proba(x[test_clips])
-        proba[test_clips] = p
-        pred[test_clips] = p.argmax(axis=1)
+        is_test = np.zeros(n, dtype=np.bool_)
+        is_test[test_clips] = True
+        test = rows.take(rows.scored & is_test[rows.clip])
+        p = fitted.predict_proba(test.x)
+        sums = np.zeros((n, p.shape[1]), dtype=np.float64)
+        counts = np.zeros(n, dtype=np.float64)
+        np.add.at(sums, test.clip, p)
+        np.add.at(counts, test.clip, 1.0)
+        got = np.flatnonzero(counts > 0)
+        proba[got] = sums[got] / counts[got, None]
+        pred[got] = proba[got].argmax(axis=1)
     scored = labelled[pred[labelled] != NO_LABEL]
     if scored.size == 0:
         return None
@@ -140,7 +150,8 @@ def render_card(*, manifest: ModelManifest, cv: dict[str, Any] | None) -> str:
         )
     lines += [
         "",
-        f"Each clip is used twice: {' and '.join(data['copies_per_clip'])}. "
+        f"Training rows: {data.get('rows', 'one whole-clip row per clip and copy')}; "
+        f"copies of every clip: {'; '.join(data['copies_per_clip'])}. "
         f"Sample weights: {data['sample_weights']}.",
         "",
         "## On speakers it never heard",
