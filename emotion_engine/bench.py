@@ -33,6 +33,7 @@ BENCHMARKS: tuple[str, ...] = (
     "vs_opensmile",
     "end_to_end",
     "detection_delay",
+    "verifier",
 )
 """Every benchmark module, in the order ``bench`` runs them."""
 

@@ -65,7 +65,16 @@ DETECTOR_HELP = (
 
 
 def _add_analysis_args(parser: argparse.ArgumentParser) -> None:
+    from emotion_engine.config import DEFAULT_VERIFIER, VERIFIER_MODES
+    from emotion_engine.serve_cli import VERIFIER_HELP
+
     _add_model_arg(parser)
+    parser.add_argument(
+        "--verifier",
+        choices=VERIFIER_MODES,
+        default=DEFAULT_VERIFIER,
+        help=f"{VERIFIER_HELP} (default {DEFAULT_VERIFIER})",
+    )
     parser.add_argument("--detector", default="", metavar="KEY=VALUE,...", help=DETECTOR_HELP)
     parser.add_argument(
         "--channels",
@@ -188,7 +197,30 @@ def build_parser() -> argparse.ArgumentParser:
         )
         module.add_arguments(command)
         command.set_defaults(func=module.main)
+        if name == "train":
+            _add_verifier_training(command)
     return parser
+
+
+def _add_verifier_training(command: argparse.ArgumentParser) -> None:
+    """``train --verifier``: the stage-2 head instead of the emotion model (same data
+    options; training/verifier.py)."""
+    from emotion_engine.training import verifier
+
+    group = command.add_argument_group("stage 2 (with --verifier)")
+    group.add_argument(
+        "--verifier",
+        action="store_true",
+        help="train the Whisper-tiny verifier's head (models/verifier.npz) instead of the "
+        "emotion model",
+    )
+    verifier.add_train_arguments(group)
+    main = command.get_default("func")
+
+    def dispatch(args: argparse.Namespace) -> int:
+        return verifier.train_main(args) if args.verifier else int(main(args))
+
+    command.set_defaults(func=dispatch)
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -198,16 +230,17 @@ def _setup_logging(verbosity: int) -> None:
     )
 
 
-def _load_engine(model_path: str | None, detector: str = "") -> Any:
+def _load_engine(model_path: str | None, detector: str = "", verifier: str = "off") -> Any:
     from emotion_engine.config import engine_params_with_detector
     from emotion_engine.detect.spike import validate_detector_params
     from emotion_engine.engine.pipeline import Engine
     from emotion_engine.model.runtime import EmotionModel
+    from emotion_engine.model.verifier import load_verifier
 
     params = engine_params_with_detector(detector)
     validate_detector_params(params.detector)
     model = EmotionModel.load(Path(model_path or _model_default()))
-    return Engine(model=model, params=params)
+    return Engine(model=model, params=params, verifier=load_verifier(verifier))
 
 
 @contextlib.contextmanager
@@ -236,7 +269,7 @@ def _run_files(
     from emotion_engine.publish.console import CueFormatter
     from emotion_engine.publish.events import EventSequencer, to_json
 
-    engine = _load_engine(args.model, args.detector)
+    engine = _load_engine(args.model, args.detector, args.verifier)
     cues = CueFormatter(verbose=args.verbose > 0)
     reports = []
     total_s = _total_duration(files) if progress else 0.0

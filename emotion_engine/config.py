@@ -61,6 +61,13 @@ MAX_META_DEPTH = 4
 MAX_STREAM_S = 7 * 86_400
 """A media timestamp or stream position beyond a week is refused as corrupt."""
 
+VERIFIER_MODES: tuple[str, ...] = ("off", "on")
+DEFAULT_VERIFIER = "off"
+"""Stage 2 of the cascade (the Whisper-tiny verifier, model/verifier.py): ``on`` verifies
+the windows stage 1 flags as angry. Off by default: on unseen corpora it gained little
+(+0.03 window AUC, one false spike fewer on the stitched calls) for ~6x the CPU
+(models/README.md, "Stage 2: Whisper-tiny verifier")."""
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureParams:
@@ -288,6 +295,7 @@ class ServeParams:
     # spike-detector overrides, "KEY=VALUE,KEY=VALUE" (DetectorParams fields); empty: the
     # shipped defaults. models/tradeoff.png shows what each setting costs in false alarms.
     detector: str = ""
+    verifier: str = DEFAULT_VERIFIER  # "on": stage 2 verifies stage 1's angry windows
 
 
 ENV_PREFIX = "EMOTION_ENGINE_"

@@ -47,6 +47,8 @@ class EmotionScores:
 
     ``probabilities``: label -> probability (sums to 1). ``arousal``: 0 (low) .. 1 (high).
     ``t``: seconds of call audio at the window's end (the moment the score is known).
+    ``stage``: which model decided: 1 the functionals model alone, 2 the verifier
+    (stage 2 of the cascade) replaced P(angry).
     """
 
     call_id: str
@@ -61,3 +63,4 @@ class EmotionScores:
     low_confidence: bool = False
     low_confidence_reason: str | None = None
     ood_distance: float | None = None  # squared Mahalanobis distance, None if not checked
+    stage: int = 1

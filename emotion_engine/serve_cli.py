@@ -11,11 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from emotion_engine.config import PARTIES, ServeParams, load_serve_params
+from emotion_engine.config import PARTIES, VERIFIER_MODES, ServeParams, load_serve_params
 
 log = logging.getLogger(__name__)
 
 DEMO_CALL = Path(__file__).parent / "data" / "demo_call.flac"
+
+
+VERIFIER_HELP = (
+    "stage 2 of the cascade: 'on' runs the Whisper-tiny verifier on the windows the "
+    "functionals model flags as angry (and during a spike), 'off' keeps stage 1 alone"
+)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +113,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help=f"end an RTP leg after this much network silence (default {d.rtp_leg_timeout_s})",
+    )
+    parser.add_argument(
+        "--verifier",
+        choices=VERIFIER_MODES,
+        default=None,
+        help=VERIFIER_HELP + f" (default {d.verifier})",
     )
     parser.add_argument(
         "--analyze-agent",
@@ -211,6 +223,7 @@ def params_from_args(args: argparse.Namespace) -> ServeParams:
         "media_host": args.media_host,
         "model": args.model,
         "detector": args.detector,
+        "verifier": args.verifier,
         "token": args.token,
         "control_token": args.control_token,
         "audiohook_api_key": args.audiohook_api_key,
@@ -269,6 +282,7 @@ async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = F
     from emotion_engine.engine.service import EngineService
     from emotion_engine.features import compile_kernels
     from emotion_engine.model.runtime import DEFAULT_MODEL_DIR, EmotionModel
+    from emotion_engine.model.verifier import load_verifier
     from emotion_engine.publish.console import CueFormatter
     from emotion_engine.publish.hub import EventHub
     from emotion_engine.server import EngineServer
@@ -276,11 +290,12 @@ async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = F
     engine_params = engine_params_with_detector(params.detector)
     validate_detector_params(engine_params.detector)
     model = EmotionModel.load(Path(params.model) if params.model else DEFAULT_MODEL_DIR)
+    verifier = load_verifier(params.verifier)
     # Feature tables (librosa's mel filterbank) and the compiled kernels load here, not
     # on the first call's first tick, which would otherwise stall every leg by 1-2 s.
     compile_kernels()
     service = EngineService(
-        engine=Engine(model=model, params=engine_params),
+        engine=Engine(model=model, params=engine_params, verifier=verifier),
         hub=EventHub(replay_events=params.replay_events, max_queue=params.subscriber_queue),
         tick_s=params.tick_s,
     )
@@ -297,7 +312,8 @@ async def serve_main(params: ServeParams, *, demo: bool = False, quiet: bool = F
     addresses = await server.start()
     tune_gc_for_serving()  # everything long-lived exists now: see gc_tuning
     print(
-        f"emotion-engine serving with model {model.onnx_path.name} ({', '.join(model.labels)})",
+        f"emotion-engine serving with model {model.onnx_path.name} ({', '.join(model.labels)})"
+        + (", Whisper-tiny verifier on" if verifier is not None else ""),
         flush=True,
     )
     for name, url in addresses.urls().items():

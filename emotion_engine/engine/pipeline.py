@@ -11,7 +11,15 @@ pending audio: one int16 conversion for all 8 kHz legs, their new samples laid e
 to end in one buffer and one ``compute_lld_at`` call over every new frame in it, one
 ``compute_functionals`` call per window length, one ``EmotionModel.predict`` over
 all due windows. The results go to each leg's :class:`PartyTracker`, which turns
-them into events. A leg whose audio or state breaks is ended with a ``call.end``
+them into events.
+
+With a :class:`~emotion_engine.model.verifier.Verifier` (stage 2 of the cascade) each
+leg also keeps its last window of 8 kHz audio; the speech windows stage 1 proposes
+(P(angry) at or above the verifier's ``propose_threshold``) and every speech window of
+a leg in a spike go through the verifier in one batch per tick, and its P(angry)
+replaces stage 1's for those windows (the other labels rescaled to sum to 1), so
+spikes rest on stage 2's verdict where it ran. ``emotion.update`` says which stage
+decided (``stage``: 1 or 2). A leg whose audio or state breaks is ended with a ``call.end``
 carrying ``reason: "error"``; the other legs go on.
 
 Use::
@@ -26,6 +34,7 @@ Use::
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -50,6 +59,7 @@ from emotion_engine.frames import AudioChunk, EmotionScores
 from emotion_engine.model.confidence import DomainCheck
 from emotion_engine.model.normalise import CallNormaliser
 from emotion_engine.model.runtime import EmotionModel, ModelOutput
+from emotion_engine.model.verifier import Verifier
 from emotion_engine.publish.events import Event
 
 log = logging.getLogger(__name__)
@@ -62,6 +72,10 @@ MIN_FIRST_WINDOW_FRAMES = 100
 """The first window of a leg is scored after 1 s of audio, not after a full 2 s window,
 so a call gets its first reading quickly (emotion needs about 1 s of speech)."""
 
+_AUDIO_SPARE = 2400
+"""Samples (0.3 s) a leg's kept audio holds beyond one window: with 100 ms ticks the
+oldest samples are dropped every third tick; ~74 KiB per leg with the verifier on."""
+
 MIN_TAIL_WINDOW_FRAMES = 50
 """At hang-up, audio since the last window is scored if it holds at least 0.5 s."""
 
@@ -72,6 +86,7 @@ class _DueWindow:
     lld: NDArray[np.float32]  # (n_frames, n_lld)
     t_start: float
     t_end: float
+    end_frame: int = 0  # the window's last frame + 1, in the leg's frames
 
 
 @dataclass(slots=True)
@@ -102,6 +117,13 @@ class _Leg:
     last_window_end: int = 0  # frame index (exclusive) where the last scored window ended
     samples_in: int = 0  # input samples at the leg's own rate
     t0: float = 0.0  # call time of the leg's first sample
+    # with a verifier: 8 kHz samples [audio_start, audio_start + audio_len) of the framed
+    # stream in the first audio_len entries of `audio` (dropped as the LLD history is)
+    audio: NDArray[np.float32] | None = None
+    audio_start: int = 0
+    audio_len: int = 0
+    in_spike: bool = False  # between an emotion.spike start and its end
+    hot: bool = False  # stage 2's last verdict on this leg was at or above the proposal
 
     @property
     def key(self) -> LegKey:
@@ -158,9 +180,15 @@ class Engine:
         model: EmotionModel,
         params: EngineParams = DEFAULT_ENGINE_PARAMS,
         domain: DomainCheck | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.model = model
         self.params = params
+        self.verifier = verifier
+        self._verify_label = self._verified_label(model, verifier)
+        self.windows_scored = 0  # windows through stage 1 (all of them)
+        self.windows_verified = 0  # ... and through stage 2
+        self.verifier_cpu_s = 0.0  # process CPU seconds while stage 2 ran
         # low-confidence check of speech windows: statistics beside the model, if any
         self.domain = (
             domain
@@ -176,6 +204,16 @@ class Engine:
         self._history_rows = params.window.window_frames + 56
         # (counts, bounds, starts) of the last _frame_starts call
         self._starts_cache: tuple[list[int], list[int], NDArray[np.int64]] | None = None
+
+    @staticmethod
+    def _verified_label(model: EmotionModel, verifier: Verifier | None) -> int:
+        if verifier is None:
+            return -1
+        if "angry" not in model.labels:
+            raise ConfigError(
+                f"the verifier checks 'angry' but the model's labels are {model.labels}"
+            )
+        return model.labels.index("angry")
 
     # -- leg lifecycle -------------------------------------------------------------
 
@@ -346,10 +384,13 @@ class Engine:
         counts: list[int] = []
         bounds = [0]  # leg i's tail + new samples are joint[bounds[i] : bounds[i + 1]]
         offset = 0
+        keep_audio = self.verifier is not None
         for leg, x in zip(legs, new_samples, strict=True):
             if leg.skip:
                 dropped = min(leg.skip, x.size)
                 x, leg.skip = x[dropped:], leg.skip - dropped
+            if keep_audio:
+                self._append_audio(leg, x)
             tail = leg.tail
             size = tail.size + x.size
             # n_frames(), inlined: a keyword call per leg a tick costs more than the sum
@@ -382,6 +423,37 @@ class Engine:
                 else:
                     self._append_history(leg, lld[row : row + count])
                 row += count
+
+    def _append_audio(self, leg: _Leg, x: NDArray[np.float32]) -> None:
+        """Append (n,) framed-stream samples to the leg's audio, first dropping what no
+        window due from now on can reach (it starts after the last window's worth of
+        samples already held)."""
+        fp = self.params.features
+        reach = self.params.window.window_frames * fp.hop_length + fp.frame_length
+        audio, used = leg.audio, leg.audio_len
+        if audio is None or used + x.size > audio.shape[0]:
+            drop = max(0, used - reach)
+            kept = used - drop
+            size = max(reach + _AUDIO_SPARE, kept + x.size)
+            grown = (
+                np.empty(size, dtype=np.float32)
+                if audio is None or size > audio.shape[0]
+                else audio
+            )
+            if audio is not None:
+                grown[:kept] = audio[drop:used]
+            leg.audio, leg.audio_start, used = grown, leg.audio_start + drop, kept
+            audio = grown
+        audio[used : used + x.size] = x
+        leg.audio_len = used + x.size
+
+    def _window_audio(self, w: _DueWindow) -> NDArray[np.float32]:
+        """(n,) 8 kHz samples of a due window (a copy), from its leg's audio."""
+        leg, fp = w.leg, self.params.features
+        assert leg.audio is not None
+        stop = (w.end_frame - 1) * fp.hop_length + fp.frame_length - leg.audio_start
+        start = max(0, w.end_frame - len(w.lld)) * fp.hop_length - leg.audio_start
+        return leg.audio[max(0, start) : max(0, stop)].copy()
 
     def _frame_starts(self, counts: list[int], bounds: list[int]) -> NDArray[np.int64]:
         """(sum(counts),) start of every new frame in the joint buffer: leg i's frame k at
@@ -458,6 +530,7 @@ class Engine:
                     t_start=leg.t0 + start * hop_s,
                     t_end=leg.t0
                     + ((end - 1) * fp.hop_length + fp.frame_length) / fp.sample_rate_hz,
+                    end_frame=end,
                 )
             )
         if ends:
@@ -484,11 +557,17 @@ class Engine:
             output = self._predict_per_call(due, features, speech & ~verdict.low)
         else:
             output = self.model.predict(features)
+        self.windows_scored += len(due)
         events: list[Event] = []
         labels = self.model.labels
+        stage = [1] * len(due)
+        probs = output.probabilities
+        if self.verifier is not None:
+            # low-confidence windows move no detector: not worth stage 2's time
+            probs = self._verify(due, probs, features, speech & ~verdict.low, stage)
         # Python floats for all windows at once (tolist gives the same values as
         # float() of each element, without a numpy scalar per value)
-        probabilities = output.probabilities.tolist()
+        probabilities = probs.tolist()
         arousal = output.arousal.tolist()
         ratio_list = ratios.tolist()
         speech_list = speech.tolist()
@@ -512,11 +591,18 @@ class Engine:
                     if speech_list[i] and distance_list[i] == distance_list[i]  # not NaN
                     else None
                 ),
+                stage=stage[i],
             )
             try:
-                events += w.leg.tracker.update(scores)
+                produced = w.leg.tracker.update(scores)
             except Exception as exc:
                 events += self._fail(w.leg, exc)
+                continue
+            if len(produced) > 1:  # spike events follow the update
+                for e in produced[1:]:
+                    if e.type == "emotion.spike":
+                        w.leg.in_spike = e.payload.get("phase") == "start"
+            events += produced
         return events
 
     def _predict_per_call(
@@ -556,6 +642,48 @@ class Engine:
                     assert norm is not None
                     norm.learn(features[i : i + 1])
         return ModelOutput(probabilities=probabilities, arousal=arousal)
+
+    def _verify(
+        self,
+        due: list[_DueWindow],
+        probs: NDArray[np.float32],
+        stage1: NDArray[np.float32],
+        speech: NDArray[np.bool_],
+        stage: list[int],
+    ) -> NDArray[np.float32]:
+        """Stage 2 on the proposed windows: (n_windows, n_labels) probabilities with
+        P(angry) replaced by the verifier's where it ran (``stage`` set to 2 there)."""
+        verifier = self.verifier
+        assert verifier is not None
+        k = self._verify_label
+        proposed = (probs[:, k] >= verifier.propose_threshold) & speech
+        for i, w in enumerate(due):
+            if speech[i] and (w.leg.in_spike or w.leg.hot):
+                proposed[i] = True
+        idx = np.flatnonzero(proposed)
+        if idx.size == 0:
+            return probs
+        started = time.process_time()  # CTranslate2 encodes on its own thread
+        p2 = verifier.verify(
+            windows=[self._window_audio(due[i]) for i in idx],
+            stage1=stage1[idx] if verifier.head.stage1_features else None,
+        )
+        self.verifier_cpu_s += time.process_time() - started
+        self.windows_verified += idx.size
+        out = probs.astype(np.float64)  # a copy
+        rows = out[idx]
+        p1 = rows[:, k]
+        rest = np.where(p1 < 1.0, (1.0 - p2) / np.maximum(1.0 - p1, 1e-12), 0.0)
+        rows *= rest[:, None]
+        n_labels = rows.shape[1]
+        rows[p1 >= 1.0] = (1.0 - p2[p1 >= 1.0])[:, None] / max(1, n_labels - 1)
+        rows[:, k] = p2
+        out[idx] = rows
+        threshold = verifier.propose_threshold
+        for i, p in zip(idx.tolist(), p2.tolist(), strict=True):
+            stage[i] = 2
+            due[i].leg.hot = p >= threshold
+        return out.astype(np.float32)
 
     def _fail(self, leg: _Leg, exc: BaseException) -> list[Event]:
         """End one leg after an unexpected error; the others go on."""

@@ -134,6 +134,17 @@ class EngineService:
             lambda: float(self.chunks_not_analysed),
         )
         # --- end party filter and event processors ---
+        if engine.verifier is not None:
+            self.metrics.counter_fn(
+                "emotion_engine_windows_verified_total",
+                "Windows stage 2 (the Whisper-tiny verifier) scored.",
+                lambda: float(self.engine.windows_verified),
+            )
+            self.metrics.counter_fn(
+                "emotion_engine_verifier_cpu_seconds_total",
+                "CPU seconds the engine's worker spent in stage 2.",
+                lambda: self.engine.verifier_cpu_s,
+            )
         self._warned: set[tuple[str, str]] = set()
         # A flood of bad packets logs one line per cause per interval, with a count.
         self.violations_log = RateLimitedLog(log, interval_s=VIOLATION_LOG_INTERVAL_S)

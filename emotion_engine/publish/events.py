@@ -258,6 +258,7 @@ def emotion_update(
         "is_speech": scores.is_speech,
         "window": [max(0.0, scores.t - window_s), scores.t],
         "dominant": dominant_label(scores.probabilities) if scores.is_speech else None,
+        "stage": scores.stage,
     }
     if valence is not None:
         payload["valence"] = valence
