@@ -31,6 +31,7 @@ from benchmarks._common import (
     pin_to_one_core,
     progress,
     stream_ticks,
+    target,
     ulaw_chunks,
 )
 from emotion_engine.engine.pipeline import Engine
@@ -100,6 +101,29 @@ def run(*, legs: int, seconds: float, repeats: int) -> dict[str, Any]:
         "propose_threshold": verifier.propose_threshold,
         "rows": [off, on],
         "on_over_off": round(on["audio_s_per_cpu_s"] / off["audio_s_per_cpu_s"], 3),
+        "targets": [
+            target(
+                f"audio s per CPU s, verifier {row['verifier']}, {legs} legs (demo-call mix)",
+                goal=">= 1000",
+                value=row["audio_s_per_cpu_s"],
+                met=row["audio_s_per_cpu_s"] >= 1000,
+            )
+            for row in (off, on)
+        ]
+        + [
+            target(
+                "share of windows verified (stage 2)",
+                goal="report",
+                value=on["share_verified"],
+                met=None,
+            ),
+            target(
+                "stage 2 CPU ms per verified window",
+                goal="report",
+                value=on["stage2_ms_per_verified_window"],
+                met=None,
+            ),
+        ],
     }
 
 
