@@ -205,3 +205,11 @@ def test_recipe_label_policies(tmp_path: Path) -> None:
     assert labels("windows+fearful")["b.wav"] == "fearful"
     assert labels("windows+baved_neutral")["d.wav"] == "neutral"
     assert labels("windows+baved_neutral")["e.wav"] is None
+
+
+def test_a_recipe_that_cannot_be_exported_is_refused_by_train(tmp_path: Path) -> None:
+    from emotion_engine.errors import ConfigError
+    from emotion_engine.training.train import run_train
+
+    with pytest.raises(ConfigError, match="cannot be exported"):
+        run_train(data_dir=tmp_path, out_dir=tmp_path / "m", recipe="windows+hgb")

@@ -48,7 +48,7 @@ from emotion_engine.training.data import NO_LABEL, Dataset, load_dataset
 from emotion_engine.training.featurize import WindowFeatures, featurize_windows
 from emotion_engine.training.harness import LANGUAGE_OF_CORPUS
 from emotion_engine.training.metrics import roc_auc, uar
-from emotion_engine.training.train import RECIPES, Recipe, recipe_dataset
+from emotion_engine.training.train import EXPORTABLE, RECIPES, Recipe, recipe_dataset
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def run_loco(
         aro, _ = clip_scores(window_proba=level_w, windows=sub, n_clips=len(dataset))
         level = np.digitize(aro[:, 0], [1 / 3, 2 / 3]).astype(np.int64)
         entry = corpus_metrics(dataset, held_out, proba, level, scored)
-        if stitched:
+        if stitched and recipe.candidate in EXPORTABLE:
             st = _stitched_for(
                 fitted=fitted,
                 x_train=x_train,

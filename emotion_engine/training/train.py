@@ -188,6 +188,12 @@ RECIPES: dict[str, Recipe] = {
         replace(_W, name="windows+logreg-C1", candidate="logreg_c1"),
         replace(
             _W,
+            name="windows+hgb",
+            candidate="hgb",
+            note="gradient boosting: clip figures only (skl2onnx cannot export it)",
+        ),
+        replace(
+            _W,
             name="windows+speed+vtlp+pitch+class-weights",
             copies=("test", "train", "aug-speed", "aug-vtlp", "aug-pitch"),
             weights="class",
@@ -627,6 +633,11 @@ def run_train(
     if candidate is not None:
         chosen = replace(chosen, candidate=candidate)
     candidate = chosen.candidate
+    if candidate not in EXPORTABLE:
+        raise ConfigError(
+            f"recipe {recipe!r} uses {candidate!r}, which cannot be exported to ONNX "
+            f"(exportable: {sorted(EXPORTABLE)}); it is for the comparison only"
+        )
     dataset = load_recipe_dataset(
         Path(data_dir), chosen, corpora=corpora, limit_per_corpus=limit_per_corpus, seed=seed
     )
@@ -873,7 +884,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--recipe",
-        choices=list(RECIPES),
+        choices=[name for name, r in RECIPES.items() if r.candidate in EXPORTABLE],
         default=DEFAULT_RECIPE,
         help=f"training recipe (default: {DEFAULT_RECIPE}, chosen by the leave-one-corpus-out "
         "mean; python -m emotion_engine.training.loco compares them)",
