@@ -213,3 +213,22 @@ def test_a_recipe_that_cannot_be_exported_is_refused_by_train(tmp_path: Path) ->
 
     with pytest.raises(ConfigError, match="cannot be exported"):
         run_train(data_dir=tmp_path, out_dir=tmp_path / "m", recipe="windows+hgb")
+
+
+def test_sample_weightings_by_hand() -> None:
+    from emotion_engine.training.train import sample_weights
+
+    y = np.array([0, 0, 0, 1, 0, 1, 1, 1, 1, 1])
+    corpus = np.array(["a"] * 4 + ["b"] * 6)
+    speaker = np.array(["a1", "a1", "a2", "a2", "b1", "b1", "b1", "b1", "b2", "b2"])
+    w = sample_weights(y=y, groups=corpus, weighting="speaker_class", speakers=speaker)
+    assert w.mean() == pytest.approx(1.0)
+    per_speaker = [w[speaker == s].sum() for s in ("a1", "a2", "b1", "b2")]
+    np.testing.assert_allclose(per_speaker, per_speaker[0])  # every speaker the same
+    # within a speaker every class the same (a2: one row each; b1: 1 vs 3 rows)
+    assert w[(speaker == "b1") & (y == 0)].sum() == pytest.approx(
+        w[(speaker == "b1") & (y == 1)].sum()
+    )
+    w = sample_weights(y=y, groups=corpus, weighting="class")
+    assert w[y == 0].sum() == pytest.approx(w[y == 1].sum()) and w.mean() == pytest.approx(1.0)
+    np.testing.assert_array_equal(sample_weights(y=y, groups=corpus, weighting="none"), 1.0)

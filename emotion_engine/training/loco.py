@@ -98,6 +98,7 @@ def _fit(
         candidate=recipe.candidate,
         seed=seed,
         weighting=recipe.weights,
+        speaker=rows.speaker,
     )
     return fitted, rows.x
 

@@ -200,6 +200,12 @@ RECIPES: dict[str, Recipe] = {
         ),
         replace(
             _W,
+            name="windows+speed+speaker-weights",
+            copies=("test", "train", "aug-speed"),
+            weights="speaker_class",
+        ),
+        replace(
+            _W,
             name="windows+speed+class-weights",
             copies=("test", "train", "aug-speed"),
             weights="class",
@@ -299,17 +305,27 @@ COPY_DESCRIPTIONS: dict[str, str] = {
 WEIGHTING_DESCRIPTIONS: dict[str, str] = {
     "corpus_class": "each corpus equal, each class equal within a corpus",
     "class": "each class equal",
+    "speaker_class": "each speaker equal, each class equal within a speaker",
     "none": "every row equal",
 }
-WEIGHTINGS: tuple[str, ...] = ("corpus_class", "class", "none")
+WEIGHTINGS: tuple[str, ...] = ("corpus_class", "class", "speaker_class", "none")
 """Sample weights of the training rows: each corpus and each class within it equal
 (:func:`balanced_weights`), each class equal, or every row the same."""
 
 
 def sample_weights(
-    *, y: NDArray[np.int64], groups: NDArray[np.str_], weighting: str = "corpus_class"
+    *,
+    y: NDArray[np.int64],
+    groups: NDArray[np.str_],
+    weighting: str = "corpus_class",
+    speakers: NDArray[np.str_] | None = None,
 ) -> NDArray[np.float64]:
-    """(n,) weights of ``weighting`` (``WEIGHTINGS``), mean 1."""
+    """(n,) weights of ``weighting`` (``WEIGHTINGS``), mean 1. ``groups``: (n,) corpus of
+    each row; ``speakers``: (n,) speaker of each row (needed by ``speaker_class``)."""
+    if weighting == "speaker_class":
+        if speakers is None:
+            raise ConfigError("weighting 'speaker_class' needs the rows' speakers")
+        return balanced_weights(y=y, groups=speakers)
     if weighting == "corpus_class":
         return balanced_weights(y=y, groups=groups)
     if weighting == "class":
@@ -373,10 +389,11 @@ def fit_model(
     candidate: str = DEFAULT_CANDIDATE,
     seed: int = 0,
     weighting: str = "corpus_class",
+    speaker: NDArray[np.str_] | None = None,
 ) -> FittedModel:
     """Fit both heads. ``x``: (n, n_features); ``y``/``arousal``: (n,) with ``NO_LABEL``
-    where a head must not learn; ``corpus``: (n,) for the balancing weights
-    (``weighting``, see ``WEIGHTINGS``)."""
+    where a head must not learn; ``corpus`` (and ``speaker``, for ``speaker_class``):
+    (n,) for the balancing weights (``weighting``, see ``WEIGHTINGS``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -392,7 +409,12 @@ def fit_model(
     emotion.fit(
         z[has_y],
         y[has_y],
-        sample_weight=sample_weights(y=y[has_y], groups=corpus[has_y], weighting=weighting),
+        sample_weight=sample_weights(
+            y=y[has_y],
+            groups=corpus[has_y],
+            weighting=weighting,
+            speakers=None if speaker is None else speaker[has_y],
+        ),
     )
     if list(emotion.classes_) != list(range(len(labels))):
         missing = sorted(set(range(len(labels))) - set(emotion.classes_))
@@ -405,7 +427,12 @@ def fit_model(
     arousal_head.fit(
         z[has_a],
         arousal[has_a],
-        sample_weight=sample_weights(y=arousal[has_a], groups=corpus[has_a], weighting=weighting),
+        sample_weight=sample_weights(
+            y=arousal[has_a],
+            groups=corpus[has_a],
+            weighting=weighting,
+            speakers=None if speaker is None else speaker[has_a],
+        ),
     )
     values = np.asarray(AROUSAL_VALUES, dtype=np.float32)[arousal_head.classes_]
     return FittedModel(
@@ -654,6 +681,7 @@ def run_train(
         candidate=candidate,
         seed=seed,
         weighting=chosen.weights,
+        speaker=rows.speaker,
     )
     if command is None:
         command = (

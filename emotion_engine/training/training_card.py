@@ -76,6 +76,7 @@ def speaker_cv(
                 candidate=candidate,
                 seed=seed,
                 weighting=weighting,
+                speaker=train.speaker,
             )
         except DatasetError:  # a fold without some class: the estimate skips it, and says so
             skipped_folds += 1
