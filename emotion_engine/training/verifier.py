@@ -360,7 +360,8 @@ def stitched_comparison(
 
     work_dir = cache_dir() / "stitched" if work_dir is None else work_dir
     resolved = stitched.resolve_speakers(stitched._rows(data_dir), speakers)
-    tag = hashlib.sha256("|".join(resolved).encode()).hexdigest()[:8]
+    recipe = (Path(__file__).parent / "train.py").read_bytes()  # a new recipe retrains
+    tag = hashlib.sha256("|".join(resolved).encode() + recipe).hexdigest()[:8]
     model_dir = work_dir / f"stage1-{tag}"
     if not (model_dir / "emotion.onnx").is_file():
         import shutil
