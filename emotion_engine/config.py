@@ -109,8 +109,8 @@ class DetectorParams:
     # being cut short by a single calmer window (which also made cues flicker).
     smoothing_windows: int = 1  # moving average over this many speech windows
     # Baseline: P(emotion) of the caller's calm speech. It starts at the population's
-    # (prior_baseline: the shipped model's mean P(angry) over the calm windows of real
-    # neutral/calm speech, 0.088 on 23 speakers of four corpora) and moves to the caller's own only from windows
+    # (prior_baseline: the shipped model's mean P(angry) over windows of real
+    # neutral/calm speech, 0.095 on 23 speakers of four corpora) and moves to the caller's own only from windows
     # judged calm (raw score <= calm_max_score, outside spikes), so a caller angry from
     # the first word, or for a long stretch, never makes anger their "normal".
     prior_baseline: float = 0.10
@@ -128,7 +128,7 @@ class DetectorParams:
     early_on_threshold: float = 0.85  # start threshold until baseline_s of speech is heard
     # ... and an early spike is confirmed only once its mean raw score has held the early
     # threshold this long (a calm caller's first, 1 s window often scores high)
-    early_min_duration_s: float = 2.0
+    early_min_duration_s: float = 1.0
     silence_end_s: float = 3.0  # a spike (or candidate) ends after this long without speech
     # One episode, one spike: a spike's end is reported only once this many seconds have
     # passed without the start rule being met again; a return within it continues the

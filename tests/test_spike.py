@@ -439,15 +439,15 @@ def test_merged_spikes_keep_their_invariants(seed: int) -> None:
 
 def test_an_early_spike_needs_its_anger_to_hold_for_early_min_duration_s() -> None:
     """Before the voice is known a candidate is confirmed only after early_min_duration_s
-    (2 s) with the mean raw score since its onset at early_on_threshold (0.75)."""
+    (1 s) with the mean raw score since its onset at early_on_threshold (0.75)."""
     p = dataclasses.replace(DEFAULT_DETECTOR_PARAMS, smoothing_windows=1, min_duration_s=0.5)
-    assert p.early_min_duration_s == 2.0
-    # a calm caller's high first windows: mean 0.70 over the 2 s -> dropped, no spike
-    assert run(stream([0.9, 0.8, 0.6, 0.6, 0.6] + [0.05] * 30), p) == []
-    # an angry caller: mean 0.82 -> onset t=0.5, confirmed at t=2.5
+    assert p.early_min_duration_s == 1.0
+    # a calm caller's high first window: mean 0.70 over the 1 s -> dropped, no spike
+    assert run(stream([0.9, 0.6, 0.6, 0.6, 0.6] + [0.05] * 30), p) == []
+    # an angry caller: mean 0.83 -> onset t=0.5, confirmed at t=1.5
     events = run(stream([0.9, 0.8, 0.8, 0.8, 0.8] + [0.05] * 30), p)
     assert phases(events) == [("start", 0.5), ("end", 3.0)]
-    assert events[0].payload["detected_at"] == pytest.approx(2.5)
+    assert events[0].payload["detected_at"] == pytest.approx(1.5)
     assert events[0].payload["baseline_ready"] is False
     # at hang-up, a young early candidate is not reported
-    assert run(stream([0.9, 0.9]), p, finish_t=1.5) == []
+    assert run(stream([0.9, 0.9]), p, finish_t=1.2) == []
