@@ -447,12 +447,15 @@ class RtpIngest:
         order_l, starts_l, ends_l = order.tolist(), starts.tolist(), ends.tolist()
         g_size_l, g_pt_l = g_size.tolist(), g_pt.tolist()
         g_seq_l, g_ts_l = g_seq.tolist(), g_ts.tolist()
+        # Datagrams not taken in runs go one by one, in arrival order across legs (not
+        # group by group): which new leg gets a free place (max_legs, probation, the
+        # per-source limit) must be the one whose packet came first.
+        one_by_one: list[int] = []
         for g, key in enumerate(group_of):
             a, b = starts_l[g], ends_l[g]
             leg = self._legs.get(key)
             if leg is None or not plain_group[g] or (odd_keys and key in odd_keys):
-                for i in order_l[a:b]:
-                    self._receive(bytes(rows[i, : size_l[i]]), addrs[i], now, out)
+                one_by_one += order_l[a:b]
                 continue
             leg.last_seen = now
             if g_size_l[a] == width:
@@ -470,6 +473,8 @@ class RtpIngest:
                 released = leg.jitter.push_run(g_seq_l[r0], g_ts_l[r0], block[r0 - a : r1 - a])
                 if released:
                     self._chunks(leg, released, out)
+        for i in sorted(one_by_one):
+            self._receive(bytes(rows[i, : size_l[i]]), addrs[i], now, out)
         return out
 
     def poll(self, now: float) -> list[IngestOutput]:
