@@ -1,34 +1,38 @@
-"""Calibrated scores and the spike detector's operating point, on held-out corpora.
+"""The spike detector's operating point, on held-out corpora.
 
     python -m emotion_engine.training.operating_point --data ../shared/data \\
-        [--out models/operating_point.json] [--plot models/tradeoff.png]
+        [--out models/operating_point.json] [--plot models/tradeoff.png] [--calibrate]
 
-For each corpus that has neutral/calm and angry speech (RAVDESS, TESS, TurEV-DB), with
-that corpus held out entirely (leave-one-corpus-out, as the model card):
+For each of the five corpora, with that corpus held out entirely (leave-one-corpus-out,
+as ``loco``):
 
-1. the shipped recipe (same features, augmentation, head and seed) is trained on the
-   other corpora;
-2. a temperature is fitted on *held-out speakers of those training corpora*: out-of-fold
-   probabilities from a 5-fold split by speaker, never on the held-out corpus;
-3. stitched calls are built from every usable speaker of the held-out corpus (neutral/calm
-   speech, then anger, then neutral/calm; and calm-only calls; G.711 mu-law, as
-   :mod:`emotion_engine.training.stitched`) and streamed once through the live engine;
-   every window's scores are kept;
-4. the spike detector is replayed over those scores for a grid of its settings (start
-   threshold, margin over the call's baseline, smoothing, minimum duration), on the raw
-   probabilities and on the temperature-scaled ones. Replaying is exact: the engine feeds
-   the same ``EmotionScores`` to the same detector (a test checks the two paths agree).
+1. the shipped recipe (``train.DEFAULT_RECIPE``: rows, augmentation copies, weights,
+   head, seed; ``--recipe`` for another) is trained on the other corpora;
+2. with ``--calibrate``, a temperature is fitted on *held-out speakers of those training
+   corpora* (out-of-fold, 5 folds by speaker), never on the held-out corpus;
+3. stitched calls of up to 8 of the held-out corpus's speakers are built as ``loco``
+   builds them (``loco.stitched_calls``: neutral/calm speech, then anger, then calm; and
+   calm-only calls; BAVED, without anger, calm-only calls from its neutral level; G.711
+   mu-law) and streamed once through the live engine; every window's scores are kept
+   (``--scores-cache`` keeps them for a rerun of the sweep);
+4. the spike detector is replayed over those scores for a grid of its settings
+   (``detector_grid``: start threshold, margin over the call's baseline, smoothing,
+   minimum duration, early threshold, the baseline's calm bar and population prior).
+   Replaying is exact: the engine feeds the same ``EmotionScores`` to the same detector
+   (a test checks the two paths agree).
 
-Reported per held-out corpus and grid point: spike recall within 3 s of the anger onset
-and false spikes per hour of neutral/calm speech (the figures of ``stitched``); the ECE
-of the held-out corpus's clip probabilities before and after scaling.
+Reported per held-out corpus and grid point: spike recall within 3 s of the anger onset,
+false spikes per hour of neutral/calm speech and median delay (the figures of
+``stitched``).
 
 The operating point is chosen by a stated rule, not by eye: the highest macro recall
-(mean over corpora) whose macro false-alarm rate is within ``--fa-budget`` per hour; when
-no setting meets the budget, the lowest macro false-alarm rate (then the highest recall).
-It is chosen twice: on all three corpora (the candidate default; in-sample), and for each
-corpus on the *other two* only, then scored on that corpus (an honest estimate of what
-the rule gives on a corpus it never saw).
+(mean over the corpora with anger) whose macro false-alarm rate (mean over all corpora)
+is within ``--fa-budget`` per hour and whose worst corpus is within
+``--worst-fa-budget`` (ties: fewer on the worst corpus, then on average; without such a
+setting the worst-corpus budget is dropped; without any, the fewest false spikes). It is
+chosen twice: on all corpora (the candidate default; in-sample), and for each corpus on
+the *other* corpora only, then scored on that corpus (an honest estimate of what the
+rule gives on a corpus it never saw).
 """
 
 from __future__ import annotations
@@ -58,11 +62,9 @@ from emotion_engine.model.runtime import EmotionModel
 from emotion_engine.training.data import NO_LABEL, Dataset, load_dataset
 from emotion_engine.training.metrics import (
     apply_temperature,
-    expected_calibration_error,
     fit_temperature,
 )
 from emotion_engine.training.stitched import (
-    NEUTRAL_EMOTIONS,
     StitchedCall,
     build_calls,
     score,
@@ -73,8 +75,12 @@ from emotion_engine.training.stitched import (
 log = logging.getLogger(__name__)
 
 CALIBRATION_FOLDS = 5
-DEFAULT_FA_BUDGET_PER_HOUR = 2.0
-"""The model-quality issue's target: at most 2 false spikes per hour of calm speech."""
+DEFAULT_FA_BUDGET_PER_HOUR = 5.0
+"""The model-quality issue's target: at most 5 false spikes per hour of calm speech
+overall (here: the mean over held-out corpora, each corpus weighing the same)."""
+
+DEFAULT_WORST_FA_BUDGET_PER_HOUR: float | None = 10.0
+"""... and at most 10 in every language (here: every held-out corpus)."""
 
 SWEEP_FIGURES: tuple[str, ...] = (
     "anger_segments",
@@ -87,10 +93,6 @@ SWEEP_FIGURES: tuple[str, ...] = (
     "false_spikes_per_hour",
 )
 """What the sweep keeps of :func:`stitched.score` per grid point and corpus."""
-
-CALLS_PER_SPEAKER: dict[str, int] = {"ravdess": 1, "tess": 4, "turevdb": 2}
-"""Stitched calls per speaker: RAVDESS has 24 speakers, TESS 2, TurEV-DB 5 usable, so
-each corpus gives 8-24 anger calls and as many calm ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,10 @@ class GridPoint:
     off_threshold: float | None = None
     early_on_threshold: float | None = None
     end_smoothing_windows: int | None = None
+    prior_baseline: float | None = None
+    calm_max_score: float | None = None
+    early_min_duration_s: float | None = None
+    merge_gap_s: float | None = None
 
     @property
     def off(self) -> float:
@@ -132,6 +138,11 @@ class GridPoint:
             end_smoothing_windows=(
                 0 if self.end_smoothing_windows is None else self.end_smoothing_windows
             ),
+            **{
+                name: getattr(self, name)
+                for name in OPTIONAL_FIELDS
+                if getattr(self, name) is not None
+            },
         )
 
     def key(self) -> str:
@@ -141,7 +152,21 @@ class GridPoint:
             + ("" if self.off_threshold is None else f" off={self.off_threshold:.2f}")
             + ("" if self.early_on_threshold is None else f" early={self.early_on_threshold:.2f}")
             + ("" if self.end_smoothing_windows is None else f" end={self.end_smoothing_windows}")
+            + "".join(
+                f" {OPTIONAL_FIELDS[name]}={getattr(self, name):g}"
+                for name in OPTIONAL_FIELDS
+                if getattr(self, name) is not None
+            )
         )
+
+
+OPTIONAL_FIELDS: dict[str, str] = {
+    "prior_baseline": "prior",
+    "calm_max_score": "calm_max",
+    "early_min_duration_s": "early_min",
+    "merge_gap_s": "merge",
+}
+"""GridPoint fields left at the shipped defaults when None, and their short names in keys."""
 
 
 def default_grid(extra: Sequence[GridPoint] = ()) -> list[GridPoint]:
@@ -160,6 +185,40 @@ def default_grid(extra: Sequence[GridPoint] = ()) -> list[GridPoint]:
     return grid
 
 
+def detector_grid(extra: Sequence[GridPoint] = ()) -> list[GridPoint]:
+    """The sweep for the current detector (one-window start, three-window end): 10 start
+    thresholds (0.50-0.95) x 4 margins x 3 smoothings x 3 minimum durations x 2 early
+    thresholds (the start threshold +0.15, capped at 0.99, or 0.99) x 2 calm bars for the
+    baseline x 2 population priors = 2,880 points; then the shipped defaults and
+    ``extra`` where they are not among them."""
+    ons = [round(0.50 + 0.05 * i, 2) for i in range(10)]
+    grid = [
+        GridPoint(
+            on,
+            margin,
+            smooth,
+            min_s,
+            early_on_threshold=round(min(0.99, on + early), 2),
+            end_smoothing_windows=3,
+            calm_max_score=calm,
+            prior_baseline=prior,
+        )
+        for on, margin, smooth, min_s, early, calm, prior in product(
+            ons,
+            (0.2, 0.3, 0.4, 0.5),
+            (1, 2, 3),
+            (0.5, 1.0, 2.0),
+            (0.15, 1.0),
+            (0.4, 0.5),
+            (0.10, 0.20),
+        )
+    ]
+    for point in (grid_point_of(DEFAULT_ENGINE_PARAMS.detector), *extra):
+        if point not in grid:
+            grid.append(point)
+    return list(dict.fromkeys(grid))
+
+
 def grid_point_of(params: DetectorParams) -> GridPoint:
     """``params`` as a grid point: off/early thresholds explicit only where they differ
     from the derived ones (so the original defaults map onto the plain grid)."""
@@ -173,6 +232,14 @@ def grid_point_of(params: DetectorParams) -> GridPoint:
             None if params.early_on_threshold == plain.early else params.early_on_threshold
         ),
         end_smoothing_windows=params.end_smoothing_windows or None,
+        **{
+            name: (
+                None
+                if getattr(params, name) == getattr(DEFAULT_ENGINE_PARAMS.detector, name)
+                else getattr(params, name)
+            )
+            for name in OPTIONAL_FIELDS
+        },
     )
 
 
@@ -191,6 +258,8 @@ def scores_from_events(events: Sequence[dict[str, Any]]) -> list[EmotionScores]:
             arousal=float(d["arousal"]),
             voiced_ratio=float(d["voiced_ratio"]),
             is_speech=bool(d["is_speech"]),
+            low_confidence=bool(d.get("low_confidence", False)),
+            stage=int(d.get("stage", 1)),
         )
         for d in events
         if d["type"] == "emotion.update"
@@ -292,20 +361,24 @@ class CorpusCalls:
 
 
 def sweep(
-    held_out: Sequence[CorpusCalls], grid: Sequence[GridPoint], *, progress: bool = True
+    held_out: Sequence[CorpusCalls],
+    grid: Sequence[GridPoint],
+    *,
+    scales: Sequence[str] = ("raw", "calibrated"),
+    progress: bool = True,
 ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """``[scale][corpus][grid key]`` -> stitched-call figures (recall within 3 s, false
     spikes per hour, delays); ``scale`` is ``raw`` or ``calibrated``."""
     from tqdm import tqdm
 
-    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {"raw": {}, "calibrated": {}}
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {scale: {} for scale in scales}
     bar = tqdm(
-        total=2 * len(grid) * len(held_out),
+        total=len(scales) * len(grid) * len(held_out),
         desc="detector sweep",
         unit="setting",
         disable=not progress,
     )
-    for scale in ("raw", "calibrated"):
+    for scale in scales:
         for hc in held_out:
             per_point: dict[str, dict[str, Any]] = {}
             windows = hc.raw if scale == "raw" else hc.calibrated
@@ -329,7 +402,18 @@ def macro(
     """Grid key -> mean over ``corpora`` of figure ``key`` (each corpus weighs the same)."""
     names = list(corpora)
     keys = per_corpus[names[0]].keys()
+    if key == "spike_recall_3s":  # only corpora with anger to detect (not calm-only ones)
+        names = [c for c in names if per_corpus[c][next(iter(keys))]["anger_segments"]] or names
     return {k: float(np.mean([float(per_corpus[c][k][key] or 0.0) for c in names])) for k in keys}
+
+
+def worst(
+    per_corpus: dict[str, dict[str, dict[str, Any]]], corpora: Iterable[str], key: str
+) -> dict[str, float]:
+    """Grid key -> the largest figure ``key`` over ``corpora``."""
+    names = list(corpora)
+    keys = per_corpus[names[0]].keys()
+    return {k: max(float(per_corpus[c][k][key] or 0.0) for c in names) for k in keys}
 
 
 def choose(
@@ -337,15 +421,26 @@ def choose(
     corpora: Sequence[str],
     *,
     fa_budget: float,
+    worst_fa_budget: float | None = None,
 ) -> tuple[str, bool]:
     """The grid key the rule picks on ``corpora`` and whether it met the budget: highest
-    macro recall within ``fa_budget`` false spikes per hour (ties: fewer false spikes);
-    if none is within budget, the fewest false spikes (ties: higher recall)."""
+    macro recall within ``fa_budget`` false spikes per hour (mean over ``corpora``) and,
+    if ``worst_fa_budget`` is given, within it on every corpus (ties: fewer false spikes
+    on the worst corpus, then fewer on average). If none meets both, the worst-corpus
+    budget is dropped; if none meets the mean budget, the fewest false spikes (ties:
+    higher recall)."""
     recall = macro(per_corpus, corpora, "spike_recall_3s")
     fa = macro(per_corpus, corpora, "false_spikes_per_hour")
-    within = [k for k in recall if fa[k] <= fa_budget]
+    top = worst(per_corpus, corpora, "false_spikes_per_hour")
+    within = [
+        k
+        for k in recall
+        if fa[k] <= fa_budget and (worst_fa_budget is None or top[k] <= worst_fa_budget)
+    ]
+    if not within:
+        within = [k for k in recall if fa[k] <= fa_budget]
     if within:
-        return max(within, key=lambda k: (recall[k], -fa[k])), True
+        return max(within, key=lambda k: (recall[k], -top[k], -fa[k])), True
     return min(recall, key=lambda k: (fa[k], -recall[k])), False
 
 
@@ -395,7 +490,7 @@ def plot_tradeoff(result: dict[str, Any], path: Path) -> None:
     colours = {"raw": "tab:blue", "calibrated": "tab:orange"}
     fa_max = 1.0
     for ax, panel in zip(axes.flat, panels, strict=False):
-        for scale in ("raw", "calibrated"):
+        for scale in result["sweep"]:
             rec, fa = _figures(result, scale, panel)
             pts = [(fa[k], rec[k]) for k in rec]
             fa_max = max(fa_max, *(p[0] for p in pts))
@@ -451,23 +546,36 @@ def format_table(result: dict[str, Any]) -> str:
     names = list(result["corpora"])
 
     def cell(m: dict[str, Any]) -> str:
-        return (
+        delay = m.get("median_delay_s")
+        recall = (
             f"{100 * (m['spike_recall_3s'] or 0):.0f} % "
             f"({m['detected_within_3s']}/{m['anger_segments']}), "
-            f"{m['false_spikes_per_hour']:.1f}/h"
+            if m["anger_segments"]
+            else "(calm only) "
+        )
+        return (
+            recall
+            + f"{m['false_spikes_per_hour']:.1f}/h"
+            + ("" if delay is None else f", {delay:.1f} s")
         )
 
-    lines = [
-        "| held-out corpus | T | clips for T | ECE raw | ECE scaled |",
-        "|---|---|---|---|---|",
-    ]
-    for c in names:
+    lines = (
+        [
+            "| held-out corpus | T | clips for T | ECE raw | ECE scaled |",
+            "|---|---|---|---|---|",
+        ]
+        if any("ece_raw" in v for v in result["calibration"].values())
+        else []
+    )
+    for c in (c for c in names if "ece_raw" in result["calibration"].get(c, {})):
         cal = result["calibration"][c]
         lines.append(
             f"| {c} | {cal['temperature']:.2f} | {cal['calibration_clips']} | "
             f"{100 * cal['ece_raw']:.1f} % | {100 * cal['ece_scaled']:.1f} % |"
         )
     lines += [
+        f"Recipe {result.get('recipe', '?')}; each cell: recall within 3 s, false spikes "
+        "per hour of calm speech, median delay.",
         "",
         "| budget | scores | picked on all corpora (macro recall, false spikes) | "
         + " | ".join(f"{c}: picked on the others" for c in names)
@@ -475,7 +583,7 @@ def format_table(result: dict[str, Any]) -> str:
         "|---|---|---|" + "---|" * len(names),
     ]
     for budget in (f"{b:g}" for b in result["budgets_per_hour"]):
-        for scale in ("raw", "calibrated"):
+        for scale in result["sweep"]:
             ch = result["chosen"][scale][budget]
             nested = result["nested"][scale][budget]
             lines.append(
@@ -486,7 +594,7 @@ def format_table(result: dict[str, Any]) -> str:
                 + " | ".join(cell(nested[c]) for c in names)
                 + " |"
             )
-    for scale in ("raw", "calibrated"):
+    for scale in result["sweep"]:
         rec, fa = _figures(result, scale, "macro")
         key = result["defaults"]["key"]
         lines.append(
@@ -497,7 +605,7 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-REPORT_BUDGETS_PER_HOUR: tuple[float, ...] = (2.0, 10.0, 30.0)
+REPORT_BUDGETS_PER_HOUR: tuple[float, ...] = (2.0, 5.0, 10.0)
 """False-alarm budgets the card's table reports (the issue's 2/h, and two looser ones a
 team might accept for a cue that only colours the agent's screen)."""
 
@@ -508,25 +616,34 @@ def choose_points(result: dict[str, Any], *, grid: Sequence[GridPoint]) -> dict[
     and, per corpus, the point picked on the other corpora scored on it (``nested``)."""
     names = list(result["corpora"])
     budgets = sorted({float(result["fa_budget_per_hour"]), *REPORT_BUDGETS_PER_HOUR})
+    worst_budget = result.get("worst_fa_budget_per_hour")
     chosen: dict[str, Any] = {}
     nested: dict[str, Any] = {}
-    for scale in ("raw", "calibrated"):
+    for scale in result["sweep"]:
         per = result["sweep"][scale]
         recall = macro(per, names, "spike_recall_3s")
         fa = macro(per, names, "false_spikes_per_hour")
         chosen[scale], nested[scale] = {}, {}
         for budget in budgets:
-            key, ok = choose(per, names, fa_budget=budget)
+            # the worst-corpus budget scales with the mean budget (10/h for 5/h)
+            wb = (
+                None
+                if worst_budget is None
+                else worst_budget * budget / result["fa_budget_per_hour"]
+            )
+            key, ok = choose(per, names, fa_budget=budget, worst_fa_budget=wb)
             chosen[scale][f"{budget:g}"] = {
                 "key": key,
                 "within_budget": ok,
                 "macro_recall": recall[key],
                 "macro_fa_per_hour": fa[key],
+                "worst_fa_per_hour": worst(per, names, "false_spikes_per_hour")[key],
                 "params": dataclasses.asdict(_point_of_key(grid, key).params()),
             }
             nested[scale][f"{budget:g}"] = {}
             for corpus in names:
-                k, ok = choose(per, [c for c in names if c != corpus], fa_budget=budget)
+                others = [c for c in names if c != corpus]
+                k, ok = choose(per, others, fa_budget=budget, worst_fa_budget=wb)
                 nested[scale][f"{budget:g}"][corpus] = {
                     "key": k,
                     "within_budget_on_others": ok,
@@ -543,77 +660,95 @@ def run(
     data_dir: Path,
     seed: int = 0,
     fa_budget: float = DEFAULT_FA_BUDGET_PER_HOUR,
+    worst_fa_budget: float | None = DEFAULT_WORST_FA_BUDGET_PER_HOUR,
     grid: Sequence[GridPoint] | None = None,
-    calls_per_speaker: dict[str, int] | None = None,
+    recipe: str | None = None,
+    speakers_per_corpus: int = 8,
+    calls_per_speaker: int = 2,
+    calibrate: bool = False,
+    scores_cache: Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Everything in the module docstring; returns the JSON-ready result."""
     from tqdm import tqdm
 
-    from emotion_engine.training.evaluate import load_features
+    from emotion_engine.features.functionals import FUNCTIONAL_NAMES
+    from emotion_engine.training.loco import EVAL_LABELS, _fit, stitched_calls
+    from emotion_engine.training.train import DEFAULT_RECIPE, RECIPES, recipe_dataset, save_model
 
     started = time.monotonic()
-    grid = list(grid or default_grid())
-    per_speaker = {**CALLS_PER_SPEAKER, **(calls_per_speaker or {})}
-    dataset = load_dataset(data_dir, seed=seed)
-    feats = load_features(dataset, seed=seed, include_baseline=False, progress=progress)
-    corpus_of_clip = dataset.corpus
-    orig = np.array([c.orig_emotion for c in dataset.clips])
+    grid = list(grid or detector_grid())
+    recipe_name = DEFAULT_RECIPE if recipe is None else recipe
+    chosen_recipe = RECIPES[recipe_name]
+    base = load_dataset(data_dir, labels=(*EVAL_LABELS, "fearful"), seed=seed)
+    dataset = recipe_dataset(base, chosen_recipe)
     held_out: list[CorpusCalls] = []
     calibration: dict[str, Any] = {}
-    for corpus in dataset.corpora:
-        in_corpus = corpus_of_clip == corpus
-        speakers = sorted(
-            s
-            for s in set(dataset.speaker[in_corpus].tolist())
-            if bool(np.any(in_corpus & (dataset.speaker == s) & (orig == "angry")))
-            and bool(np.any(in_corpus & (dataset.speaker == s) & np.isin(orig, NEUTRAL_EMOTIONS)))
-        )
-        if not speakers:
-            continue  # no anger to detect (BAVED labels arousal only)
-        train_idx = np.flatnonzero(~in_corpus)
-        log.info("held out %s: training on %d clips of the other corpora", corpus, train_idx.size)
-        temperature, n_cal = oof_temperature(dataset, feats, train_idx, seed=seed)
-        with tempfile.TemporaryDirectory() as tmp:
-            model, fitted = train_without(dataset, feats, train_idx, seed=seed, out_dir=Path(tmp))
-        test_idx = np.flatnonzero(in_corpus & (dataset.y != NO_LABEL))
-        p_test = fitted.predict_proba(feats.test[test_idx])
-        y_test = dataset.y[test_idx]
-        calibration[corpus] = {
-            "temperature": temperature,
-            "calibration_clips": n_cal,
-            "ece_raw": expected_calibration_error(y_true=y_test, probabilities=p_test),
-            "ece_scaled": expected_calibration_error(
-                y_true=y_test,
-                probabilities=apply_temperature(probabilities=p_test, temperature=temperature),
-            ),
-            "held_out_clips": int(test_idx.size),
-        }
-        calls = build_calls(
+    if scores_cache is not None and scores_cache.is_file():
+        import pickle
+
+        held_out, calibration = pickle.loads(scores_cache.read_bytes())
+    for corpus in [] if held_out else dataset.corpora:
+        calls = stitched_calls(
             data_dir=data_dir,
-            speakers=speakers,
+            corpus=corpus,
             seed=seed,
-            calls_per_speaker=per_speaker.get(corpus, 1),
+            speakers_per_corpus=speakers_per_corpus,
+            calls_per_speaker=calls_per_speaker,
+            build=build_calls,
         )
-        raw = [
-            scores_from_events(stream_events(Engine(model=model, params=DEFAULT_ENGINE_PARAMS), c))
-            for c in tqdm(calls, desc=f"{corpus} calls", unit="call", disable=not progress)
-        ]
+        if not calls:
+            continue
+        train_idx = np.flatnonzero(dataset.corpus != corpus)
+        log.info("held out %s: training %s on %d clips", corpus, recipe_name, train_idx.size)
+        fitted, x_train = _fit(dataset, chosen_recipe, train_idx, seed=seed, progress=progress)
+        temperature = 1.0
+        if calibrate:
+            from emotion_engine.training.evaluate import load_features
+
+            feats = load_features(dataset, seed=seed, include_baseline=False, progress=progress)
+            temperature, n_cal = oof_temperature(dataset, feats, train_idx, seed=seed)
+            calibration[corpus] = {"temperature": temperature, "calibration_clips": n_cal}
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(
+                fitted,
+                x=x_train,
+                names=tuple(FUNCTIONAL_NAMES),
+                norm=None,
+                normalisation="none",
+                dataset=dataset.subset(train_idx),
+                data_dir=data_dir,
+                out_dir=Path(tmp),
+                seed=seed,
+                command="emotion_engine.training.operating_point (one leave-one-corpus-out fold)",
+                started=time.monotonic(),
+            )
+            model = EmotionModel.load(Path(tmp))
+            raw = [
+                scores_from_events(
+                    stream_events(Engine(model=model, params=DEFAULT_ENGINE_PARAMS), c)
+                )
+                for c in tqdm(calls, desc=f"{corpus} calls", unit="call", disable=not progress)
+            ]
         held_out.append(
             CorpusCalls(
                 corpus=corpus,
                 labels=model.labels,
                 calls=calls,
                 raw=raw,
-                calibrated=[temper(w, temperature) for w in raw],
+                calibrated=[temper(w, temperature) for w in raw] if calibrate else [],
             )
         )
+    if scores_cache is not None and not scores_cache.is_file():
+        import pickle
+
+        scores_cache.parent.mkdir(parents=True, exist_ok=True)
+        scores_cache.write_bytes(pickle.dumps((held_out, calibration)))
     if len(held_out) < 2:
-        raise DatasetError(
-            f"need at least two corpora with neutral/calm and angry speech under {data_dir}"
-        )
+        raise DatasetError(f"need at least two corpora with neutral/calm speech under {data_dir}")
     names = [hc.corpus for hc in held_out]
     result: dict[str, Any] = {
+        "recipe": recipe_name,
         "corpora": names,
         "calls": {
             hc.corpus: {
@@ -626,11 +761,14 @@ def run(
         },
         "calibration": calibration,
         "fa_budget_per_hour": fa_budget,
+        "worst_fa_budget_per_hour": worst_fa_budget,
         "grid_points": len(grid),
         "grid": [dataclasses.asdict(p) for p in grid],
         "defaults": {"key": grid_point_of(DEFAULT_ENGINE_PARAMS.detector).key()},
     }
-    result["sweep"] = sweep(held_out, grid, progress=progress)
+    result["sweep"] = sweep(
+        held_out, grid, scales=("raw", "calibrated") if calibrate else ("raw",), progress=progress
+    )
     result.update(choose_points(result, grid=grid))
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
@@ -665,6 +803,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=Path("models/tradeoff.png"),
         help="recall vs false-alarm plot (default: %(default)s)",
     )
+    parser.add_argument(
+        "--worst-fa-budget",
+        type=float,
+        default=DEFAULT_WORST_FA_BUDGET_PER_HOUR,
+        help="... and per held-out corpus (default: %(default)s; scaled with --fa-budget "
+        "for the other budgets reported)",
+    )
+    parser.add_argument("--recipe", default=None, help="training recipe (default: train's)")
+    parser.add_argument("--speakers-per-corpus", type=int, default=8)
+    parser.add_argument("--calls-per-speaker", type=int, default=2)
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="also fit a temperature per fold (5 more fits each) and sweep scaled scores",
+    )
+    parser.add_argument(
+        "--scores-cache",
+        type=Path,
+        default=None,
+        metavar="PICKLE",
+        help="keep the streamed window scores here (and reuse them if the file exists)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--extra",
@@ -687,6 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replot is not None:
         result = json.loads(args.replot.read_text())
         result["fa_budget_per_hour"] = args.fa_budget
+        result["worst_fa_budget_per_hour"] = args.worst_fa_budget
         grid = [GridPoint(**p) for p in result["grid"]] if "grid" in result else default_grid(extra)
         current = grid_point_of(DEFAULT_ENGINE_PARAMS.detector).key()
         if current in result["sweep"]["raw"][result["corpora"][0]]:
@@ -697,7 +858,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir=args.data,
             seed=args.seed,
             fa_budget=args.fa_budget,
-            grid=default_grid(extra),
+            worst_fa_budget=args.worst_fa_budget,
+            grid=detector_grid(extra),
+            recipe=args.recipe,
+            speakers_per_corpus=args.speakers_per_corpus,
+            calls_per_speaker=args.calls_per_speaker,
+            calibrate=args.calibrate,
+            scores_cache=args.scores_cache,
             progress=not args.no_progress,
         )
         result["command"] = "python -m emotion_engine.training.operating_point " + " ".join(
