@@ -403,7 +403,8 @@ def macro(
     names = list(corpora)
     keys = per_corpus[names[0]].keys()
     if key == "spike_recall_3s":  # only corpora with anger to detect (not calm-only ones)
-        names = [c for c in names if per_corpus[c][next(iter(keys))]["anger_segments"]] or names
+        first = next(iter(keys))
+        names = [c for c in names if per_corpus[c][first].get("anger_segments", 1)] or names
     return {k: float(np.mean([float(per_corpus[c][k][key] or 0.0) for c in names])) for k in keys}
 
 
@@ -605,7 +606,7 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-REPORT_BUDGETS_PER_HOUR: tuple[float, ...] = (2.0, 5.0, 10.0)
+REPORT_BUDGETS_PER_HOUR: tuple[float, ...] = (2.0, 10.0, 30.0)
 """False-alarm budgets the card's table reports (the issue's 2/h, and two looser ones a
 team might accept for a cue that only colours the agent's screen)."""
 
