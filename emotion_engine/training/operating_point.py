@@ -225,22 +225,20 @@ def grid_point_of(params: DetectorParams) -> GridPoint:
     plain = GridPoint(
         params.on_threshold, params.on_margin, params.smoothing_windows, params.min_duration_s
     )
-    return dataclasses.replace(
+    point = dataclasses.replace(
         plain,
         off_threshold=None if params.off_threshold == plain.off else params.off_threshold,
         early_on_threshold=(
             None if params.early_on_threshold == plain.early else params.early_on_threshold
         ),
         end_smoothing_windows=params.end_smoothing_windows or None,
-        **{
-            name: (
-                None
-                if getattr(params, name) == getattr(DEFAULT_ENGINE_PARAMS.detector, name)
-                else getattr(params, name)
-            )
-            for name in OPTIONAL_FIELDS
-        },
     )
+    defaults = DEFAULT_ENGINE_PARAMS.detector
+    changed: dict[str, Any] = {
+        name: None if getattr(params, name) == getattr(defaults, name) else getattr(params, name)
+        for name in OPTIONAL_FIELDS
+    }
+    return dataclasses.replace(point, **changed)
 
 
 # -- scores: one pass of each call through the live engine ------------------------------
