@@ -44,7 +44,11 @@ def model() -> EmotionModel:
 @pytest.fixture(scope="session")
 def call_pcm(data_dir: Path) -> NDArray[np.int16]:
     """A labelled test call at 8 kHz int16: one RAVDESS actor's neutral/calm clips
-    (~14 s, sets the call's baseline), then angry clips (~10 s)."""
+    (~14 s, sets the call's baseline), then strong-intensity angry clips (~10 s).
+
+    Strong anger because the tests that use this call check the plumbing (every path
+    carries the spike), not the model's recall on mild anger: the five-corpus harness
+    (``training/loco.py``, the model card) measures that, misses included."""
     import csv
 
     from emotion_engine.audio.io import read_audio
@@ -57,7 +61,8 @@ def call_pcm(data_dir: Path) -> NDArray[np.int16]:
         out: list[NDArray[np.float32]] = []
         total = 0.0
         for r in rows:
-            if r["emotion"] in emotions and total < seconds:
+            strong = r["emotion"] != "angry" or r["intensity"] == "strong"
+            if r["emotion"] in emotions and strong and total < seconds:
                 audio = read_audio(data_dir / "ravdess" / r["file"])[0][0]
                 out += [audio, np.zeros(3200, dtype=np.float32)]
                 total += audio.size / 8000 + 0.4

@@ -19,11 +19,15 @@ from emotion_engine.publish.events import Event
 
 @pytest.fixture(scope="module")
 def angry_pcm(data_dir: Path) -> np.ndarray:
-    """~10 s of one RAVDESS actor's angry clips at 8 kHz, int16."""
+    """~10 s of one RAVDESS actor's strong-intensity angry clips at 8 kHz, int16."""
     import csv
 
     rows = list(csv.DictReader((data_dir / "ravdess" / "labels.csv").open()))
-    clips = [r for r in rows if r["speaker"] == "ravdess_03" and r["emotion"] == "angry"][:4]
+    clips = [
+        r
+        for r in rows
+        if r["speaker"] == "ravdess_03" and r["emotion"] == "angry" and r["intensity"] == "strong"
+    ][:4]
     parts = [read_audio(data_dir / "ravdess" / r["file"])[0][0] for r in clips]
     return float32_to_int16(np.concatenate(parts))
 
