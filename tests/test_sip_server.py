@@ -79,7 +79,9 @@ async def send_rtp_burst(pcm: NDArray[np.int16], port: int, *, ssrc: int) -> Non
 
 def test_call_over_tcp_rtp_then_bye(model: EmotionModel, call_pcm: NDArray[np.int16]) -> None:
     async def scenario() -> tuple[list[dict[str, Any]], SipMessage, SipMessage]:
-        async with running(model, SIP) as server:
+        # this call ends by our BYE: a media timeout longer than a loaded machine's
+        # pause between the last RTP packet and the BYE keeps the server from hanging up first
+        async with running(model, replace(SIP, rtp_leg_timeout_s=10.0)) as server:
             addr = server.addresses
             assert addr is not None and addr.sip_port is not None
             async with subscribe(addr.urls()["events"]) as ws:
