@@ -42,9 +42,14 @@ from emotion_engine.frames import AudioChunk, EmotionScores
 from emotion_engine.model.runtime import EmotionModel
 from emotion_engine.training.augment import g711_roundtrip
 from emotion_engine.training.data import read_clip
-from emotion_engine.training.stitched import SPEECH_ONSET_BELOW_PEAK_DB, speech_onset_s
+from emotion_engine.training.stitched import (
+    SPEECH_ONSET_BELOW_PEAK_DB,
+    concat_clips,
+    speech_onset_s,
+)
 
 SR = 8000
+LEVEL_DBFS = -26.0  # every clip's RMS level in the levelled calls
 PREVIOUS = dataclasses.replace(
     DEFAULT_DETECTOR_PARAMS,
     prior_baseline=0.0,
@@ -54,24 +59,6 @@ PREVIOUS = dataclasses.replace(
     early_min_duration_s=0.0,
     low_confidence_window_s=0.0,
 )
-
-
-def _concat(
-    pool: list[NDArray[np.float32]], seconds: float, rng: np.random.Generator, level: bool
-) -> NDArray[np.float32]:
-    parts: list[NDArray[np.float32]] = []
-    total = 0
-    order = rng.permutation(len(pool))
-    i = 0
-    while total < seconds * SR:
-        clip = pool[order[i % len(order)]]
-        i += 1
-        if level:
-            clip = clip * np.float32(10 ** (-26 / 20) / max(1e-6, float(np.sqrt(np.mean(clip**2)))))
-        pause = rng.normal(0, 1e-4, int(rng.uniform(0.3, 0.8) * SR)).astype(np.float32)
-        parts += [clip, pause]
-        total += clip.size + pause.size
-    return np.concatenate(parts)
 
 
 def _windows(engine: Engine, samples: NDArray[np.float32]) -> list[dict[str, Any]]:
@@ -141,21 +128,26 @@ def main(argv: list[str] | None = None) -> int:
             angry = [read_clip(labels_csv.parent / f) for f in by[speaker]["angry"]]
             for level in (False, True):
                 tag = "levelled" if level else "as recorded"
+                level_dbfs = LEVEL_DBFS if level else None
                 calls: dict[str, tuple[NDArray[np.float32], tuple[float, float] | None]] = {
-                    "calm": (_concat(calm, 60, rng, level), None)
+                    "calm": (concat_clips(calm, min_s=60, rng=rng, level_dbfs=level_dbfs), None)
                 }
-                a = _concat(angry, 20, rng, level)
+                a = concat_clips(angry, min_s=20, rng=rng, level_dbfs=level_dbfs)
                 calls["angry start"] = (
-                    np.concatenate([a, _concat(calm, 15, rng, level)]),
+                    np.concatenate(
+                        [a, concat_clips(calm, min_s=15, rng=rng, level_dbfs=level_dbfs)]
+                    ),
                     (0.0, a.size / SR),
                 )
-                b = _concat(calm, 20, rng, level)
-                a = _concat(angry, 8, rng, level)
+                b = concat_clips(calm, min_s=20, rng=rng, level_dbfs=level_dbfs)
+                a = concat_clips(angry, min_s=8, rng=rng, level_dbfs=level_dbfs)
                 onset = b.size / SR + speech_onset_s(
                     samples=a, below_peak_db=SPEECH_ONSET_BELOW_PEAK_DB
                 )
                 calls["calm then angry"] = (
-                    np.concatenate([b, a, _concat(calm, 10, rng, level)]),
+                    np.concatenate(
+                        [b, a, concat_clips(calm, min_s=10, rng=rng, level_dbfs=level_dbfs)]
+                    ),
                     (onset, (b.size + a.size) / SR),
                 )
                 for kind, (samples, seg) in calls.items():

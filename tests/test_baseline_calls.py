@@ -25,6 +25,7 @@ from emotion_engine.frames import AudioChunk
 from emotion_engine.model.runtime import EmotionModel
 from emotion_engine.training.augment import g711_roundtrip
 from emotion_engine.training.data import read_clip
+from emotion_engine.training.stitched import concat_clips
 
 pytestmark = pytest.mark.data
 
@@ -42,20 +43,7 @@ def clips(data_dir: Path, emotions: tuple[str, ...]) -> list[NDArray[np.float32]
 def concat(
     pool: list[NDArray[np.float32]], seconds: float, rng: np.random.Generator, *, level: bool
 ) -> NDArray[np.float32]:
-    parts: list[NDArray[np.float32]] = []
-    total = 0
-    order = rng.permutation(len(pool))
-    i = 0
-    while total < seconds * SR:
-        clip = pool[order[i % len(order)]]
-        i += 1
-        if level:
-            rms = float(np.sqrt(np.mean(np.square(clip))))
-            clip = clip * np.float32(10 ** (LEVEL_DBFS / 20) / rms)
-        pause = rng.normal(0, 1e-4, int(rng.uniform(0.3, 0.8) * SR)).astype(np.float32)
-        parts += [clip, pause]
-        total += clip.size + pause.size
-    return np.concatenate(parts)
+    return concat_clips(pool, min_s=seconds, rng=rng, level_dbfs=LEVEL_DBFS if level else None)
 
 
 def run(

@@ -231,7 +231,7 @@ def stitched_calls(
     # calm-only calls (about 60 s each) from the neutral clips
     from emotion_engine.training.augment import g711_roundtrip
     from emotion_engine.training.data import read_clip
-    from emotion_engine.training.stitched import _concat
+    from emotion_engine.training.stitched import concat_clips
 
     out: list[StitchedCall] = []
     for speaker in chosen:
@@ -241,7 +241,7 @@ def stitched_calls(
             if r["speaker"] == speaker and r["emotion"] in ("neutral", "calm")
         ]
         for k in range(calls_per_speaker):
-            calm = g711_roundtrip(samples=_concat(neutral, min_s=60.0, rng=rng), law="ulaw")
+            calm = g711_roundtrip(samples=concat_clips(neutral, min_s=60.0, rng=rng), law="ulaw")
             out.append(
                 StitchedCall(
                     name=f"{speaker}-calm-{k}",

@@ -123,10 +123,16 @@ def resolve_speakers(rows: Sequence[dict[str, str]], wanted: Sequence[str]) -> l
     return out
 
 
-def _concat(
-    clips: list[NDArray[np.float32]], *, min_s: float, rng: np.random.Generator
+def concat_clips(
+    clips: list[NDArray[np.float32]],
+    *,
+    min_s: float,
+    rng: np.random.Generator,
+    level_dbfs: float | None = None,
 ) -> NDArray[np.float32]:
-    """Clips with 0.3-0.8 s pauses (quiet noise, not digital zero) until ``min_s``."""
+    """Clips (each (n,) at 8 kHz) in a random order with 0.3-0.8 s pauses (quiet noise,
+    not digital zero) until ``min_s``; with ``level_dbfs`` each clip is first scaled to
+    that RMS level (a levelled recording). Returns (n,) float32."""
     parts: list[NDArray[np.float32]] = []
     total = 0
     i = 0
@@ -134,6 +140,9 @@ def _concat(
     while total < min_s * MODEL_SAMPLE_RATE_HZ:
         clip = clips[order[i % len(order)]]
         i += 1
+        if level_dbfs is not None:
+            rms = max(1e-6, float(np.sqrt(np.mean(np.square(clip)))))
+            clip = clip * np.float32(10 ** (level_dbfs / 20) / rms)
         pause = (rng.normal(0, 1e-4, int(rng.uniform(0.3, 0.8) * MODEL_SAMPLE_RATE_HZ))).astype(
             np.float32
         )
@@ -177,9 +186,9 @@ def build_calls(
             log.warning("speaker %s lacks neutral or angry clips; skipped", speaker)
             continue
         for k in range(calls_per_speaker):
-            before = _concat(neutral, min_s=20.0, rng=rng)
-            anger = _concat(angry, min_s=6.0, rng=rng)
-            after = _concat(neutral, min_s=10.0, rng=rng)
+            before = concat_clips(neutral, min_s=20.0, rng=rng)
+            anger = concat_clips(angry, min_s=6.0, rng=rng)
+            after = concat_clips(neutral, min_s=10.0, rng=rng)
             samples = g711_roundtrip(samples=np.concatenate([before, anger, after]), law="ulaw")
             clip_start = before.size / MODEL_SAMPLE_RATE_HZ
             onset = clip_start + speech_onset_s(
@@ -196,7 +205,7 @@ def build_calls(
                     anger_clip_start_s=clip_start,
                 )
             )
-            calm = g711_roundtrip(samples=_concat(neutral, min_s=60.0, rng=rng), law="ulaw")
+            calm = g711_roundtrip(samples=concat_clips(neutral, min_s=60.0, rng=rng), law="ulaw")
             calls.append(
                 StitchedCall(
                     name=f"{speaker}-calm-{k}",
