@@ -229,9 +229,8 @@ def stitched_calls(
         )
         return calls
     # calm-only calls (about 60 s each) from the neutral clips
-    from emotion_engine.training.augment import g711_roundtrip
     from emotion_engine.training.data import read_clip
-    from emotion_engine.training.stitched import concat_clips
+    from emotion_engine.training.stitched import calm_call
 
     out: list[StitchedCall] = []
     for speaker in chosen:
@@ -240,18 +239,10 @@ def stitched_calls(
             for r in rows
             if r["speaker"] == speaker and r["emotion"] in ("neutral", "calm")
         ]
-        for k in range(calls_per_speaker):
-            calm = g711_roundtrip(samples=concat_clips(neutral, min_s=60.0, rng=rng), law="ulaw")
-            out.append(
-                StitchedCall(
-                    name=f"{speaker}-calm-{k}",
-                    speaker=speaker,
-                    samples=calm,
-                    anger_onset_s=None,
-                    anger_end_s=None,
-                    neutral_s=calm.size / 8000,
-                )
-            )
+        out += [
+            calm_call(speaker=speaker, k=k, neutral=neutral, rng=rng)
+            for k in range(calls_per_speaker)
+        ]
     return out
 
 

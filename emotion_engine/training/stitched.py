@@ -166,6 +166,21 @@ def speech_onset_s(*, samples: NDArray[np.float32], below_peak_db: float) -> flo
     return float(np.argmax(loud)) * CHUNK_SAMPLES / MODEL_SAMPLE_RATE_HZ
 
 
+def calm_call(
+    *, speaker: str, k: int, neutral: list[NDArray[np.float32]], rng: np.random.Generator
+) -> StitchedCall:
+    """Calm-only call ``k`` of ``speaker``: about 60 s of its neutral/calm clips, mu-law."""
+    calm = g711_roundtrip(samples=concat_clips(neutral, min_s=60.0, rng=rng), law="ulaw")
+    return StitchedCall(
+        name=f"{speaker}-calm-{k}",
+        speaker=speaker,
+        samples=calm,
+        anger_onset_s=None,
+        anger_end_s=None,
+        neutral_s=calm.size / MODEL_SAMPLE_RATE_HZ,
+    )
+
+
 def build_calls(
     *, data_dir: Path, speakers: Sequence[str], seed: int = 0, calls_per_speaker: int = 2
 ) -> list[StitchedCall]:
@@ -205,17 +220,7 @@ def build_calls(
                     anger_clip_start_s=clip_start,
                 )
             )
-            calm = g711_roundtrip(samples=concat_clips(neutral, min_s=60.0, rng=rng), law="ulaw")
-            calls.append(
-                StitchedCall(
-                    name=f"{speaker}-calm-{k}",
-                    speaker=speaker,
-                    samples=calm,
-                    anger_onset_s=None,
-                    anger_end_s=None,
-                    neutral_s=calm.size / MODEL_SAMPLE_RATE_HZ,
-                )
-            )
+            calls.append(calm_call(speaker=speaker, k=k, neutral=neutral, rng=rng))
     return calls
 
 
