@@ -32,14 +32,14 @@ import logging
 import socket
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from test_serve import run, running
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -80,21 +80,6 @@ def voice(seconds: float, *, seed: int = 0) -> NDArray[np.int16]:
     phase = 2 * np.pi * np.cumsum(f0) / 8000
     x = sum(np.sin(k * phase) / k for k in range(1, 8)) + 0.05 * rng.standard_normal(t.size)
     return (3000 * x * (0.6 + 0.4 * np.sin(2 * np.pi * 2.5 * t) ** 2)).astype(np.int16)
-
-
-@asynccontextmanager
-async def running(model: EmotionModel, params: ServeParams = PARAMS) -> AsyncIterator[EngineServer]:
-    service = EngineService(engine=Engine(model=model), tick_s=params.tick_s)
-    server = EngineServer(params=params, service=service)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout=120))  # type: ignore[arg-type]
 
 
 def urls(server: EngineServer) -> dict[str, str]:
@@ -350,7 +335,7 @@ def test_a_colliding_open_is_refused_and_the_open_call_is_untouched(
     call_id = str(uuid.uuid4())
 
     async def scenario() -> tuple[list[dict[str, Any]], Any, str]:
-        async with running(model) as server:
+        async with running(model, PARAMS) as server:
             async with subscribe(urls(server)["events"], token=TOKEN, call_id=call_id) as sub:
                 first = await _first_opens(first_kind, server, call_id)
                 # the first call is open and analysed before the second one tries
@@ -393,7 +378,7 @@ def test_the_refused_session_cannot_end_the_open_call(model: EmotionModel) -> No
     call_id = "CA-shared"
 
     async def scenario() -> list[dict[str, Any]]:
-        async with running(model) as server:
+        async with running(model, PARAMS) as server:
             async with subscribe(urls(server)["events"], token=TOKEN, call_id=call_id) as sub:
                 ws = await l16_open(urls(server)["l16"], call_id)
                 await ws.send(FIRST.astype("<i2").tobytes())
@@ -416,7 +401,7 @@ def test_the_refused_session_cannot_end_the_open_call(model: EmotionModel) -> No
 
 def test_a_call_id_is_free_again_after_its_call_ended(model: EmotionModel) -> None:
     async def scenario() -> list[str]:
-        async with running(model) as server:
+        async with running(model, PARAMS) as server:
             async with subscribe(urls(server)["events"], token=TOKEN, call_id="again") as sub:
                 types = []
                 for _ in range(2):
@@ -438,7 +423,7 @@ def test_a_call_id_is_free_again_after_its_call_ended(model: EmotionModel) -> No
 def test_a_megabyte_call_id_is_refused_on_every_path(model: EmotionModel) -> None:
     async def scenario() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         answers: dict[str, Any] = {}
-        async with running(model) as server:
+        async with running(model, PARAMS) as server:
             u = urls(server)
             async with subscribe(u["events"], token=TOKEN) as sub:
                 tw = Twilio(await connect(u["twilio"], additional_headers=AUTH, max_size=None))
@@ -519,7 +504,7 @@ def test_metadata_strings_are_cut_to_the_limit(model: EmotionModel) -> None:
     long = "m" * 200_000
 
     async def scenario() -> list[dict[str, Any]]:
-        async with running(model) as server:
+        async with running(model, PARAMS) as server:
             u = urls(server)
             async with subscribe(u["events"], token=TOKEN) as sub:
                 tw = Twilio(await connect(u["twilio"], additional_headers=AUTH, max_size=None))
@@ -554,7 +539,7 @@ def test_metadata_strings_are_cut_to_the_limit(model: EmotionModel) -> None:
 
 def test_twilio_timestamps_out_of_range_are_protocol_errors(model: EmotionModel) -> None:
     async def scenario() -> tuple[tuple[int | None, str | None], list[dict[str, Any]], str]:
-        async with running(model) as server:
+        async with running(model, PARAMS) as server:
             u = urls(server)
             async with subscribe(u["events"], token=TOKEN, call_id="CA-ts") as sub:
                 tw = Twilio(await connect(u["twilio"], additional_headers=AUTH))
@@ -584,7 +569,7 @@ def test_twilio_timestamps_out_of_range_are_protocol_errors(model: EmotionModel)
 def test_audiohook_and_l16_numbers_out_of_range_get_protocol_errors(model: EmotionModel) -> None:
     async def scenario() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        async with running(model) as server:
+        async with running(model, PARAMS) as server:
             u = urls(server)
             ah = await AudioHook.connect(u["audiohook"])
             await ah.open(str(uuid.uuid4()))
@@ -706,7 +691,7 @@ def test_control_scoping_unknown_legs_and_parties(model: EmotionModel) -> None:
 
     async def scenario() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        async with running(model) as server:
+        async with running(model, PARAMS) as server:
             u = urls(server)
             for name, headers in (("media token", AUTH), ("no token", None)):
                 try:

@@ -19,13 +19,12 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
-from test_serve import running
+from test_serve import run, running
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -39,10 +38,6 @@ pytestmark = pytest.mark.slow
 
 PARAMS = ServeParams(host="127.0.0.1", port=0, rtp_port=-1, audiosocket_port=-1, tick_s=0.05)
 PAD = "x" * 16_000  # 16 kB events fill socket buffers with few of them
-
-
-def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout=120))  # type: ignore[arg-type]
 
 
 def padded(i: int, call_id: str = "slow") -> Event:
